@@ -1,0 +1,127 @@
+"""Model registry: every torchvision classification model by name, with the classifier sized to the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from autoprune.errors import UserError, unknown_choice
+
+
+def available_models() -> list[str]:
+    """Names of the torchvision classification models autoprune can build."""
+    return sorted(tvm.list_models(module=tvm))
+
+
+def create_model(name: str, num_classes: int, weights: str | None = None) -> nn.Module:
+    """Build torchvision model ``name`` with a ``num_classes``-way classifier.
+
+    ``weights`` names torchvision weights (e.g. ``"DEFAULT"``); they are downloaded when online. With
+    weights, the pretrained classifier is replaced by a fresh one when ``num_classes`` differs.
+    """
+    if name not in available_models():
+        raise unknown_choice("model", name, available_models(), "see `autoprune models`")
+    if weights is None:
+        return _build(name, num_classes=num_classes)
+    model = _build(name, weights=weights)
+    _replace_classifier(model, num_classes)
+    return model
+
+
+def _build(name: str, **kwargs) -> nn.Module:
+    if name.startswith(("inception", "googlenet")):
+        # Auxiliary heads only matter for ImageNet training from scratch; they break tracing.
+        kwargs.setdefault("aux_logits", False)
+        if "weights" not in kwargs:
+            kwargs.setdefault("init_weights", True)
+    try:
+        return tvm.get_model(name, **kwargs)
+    except (OSError, RuntimeError) as err:  # torch.hub raises URLError (an OSError) when offline
+        if "weights" in kwargs:
+            raise UserError(
+                f"could not fetch weights {kwargs['weights']!r} for {name} ({err.__class__.__name__}: {err}); "
+                "pretrained weights need network access: go online once, or train from scratch "
+                "(omit --weights) or pass --checkpoint"
+            ) from err
+        raise
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The final ``nn.Linear`` of a model: its output size is never pruned."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise UserError(f"{type(model).__name__} has no nn.Linear classifier; autoprune needs one")
+    return last
+
+
+def _replace_classifier(model: nn.Module, num_classes: int) -> None:
+    head = classifier(model)
+    if head.out_features == num_classes:
+        return
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if child is head:
+                setattr(module, child_name, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+                return
+
+
+def load_checkpoint(model: nn.Module, path: Path, trust: bool = False) -> nn.Module:
+    """Load a state dict (``weights_only=True``) into ``model`` and return it.
+
+    With ``trust=True`` a fully pickled ``nn.Module`` is accepted too; unpickling runs arbitrary code, so
+    that only happens on the user's explicit request. A state dict for another architecture or number
+    of classes fails with the first mismatching tensor named.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist; pass the path of a saved state dict")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        hint = (
+            " (if it is a fully pickled model you trust, add --trust-checkpoint)"
+            if "weights_only" in str(err) or "Unsupported global" in str(err)
+            else ""
+        )
+        raise UserError(f"checkpoint {str(path)!r} could not be read: {_first_line(err)}{hint}") from err
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a state dict")
+    _check_state_dict(model, obj, path)
+    model.load_state_dict(obj)
+    return model
+
+
+def _check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise UserError(
+                f"checkpoint {str(path)!r} does not fit {type(model).__name__}: tensor {key!r} is missing "
+                "(is it for another architecture?)"
+            )
+        got = state[key]
+        if tuple(got.shape) != tuple(tensor.shape):
+            raise UserError(
+                f"checkpoint {str(path)!r} does not fit the model: tensor {key!r} has shape {tuple(got.shape)}, "
+                f"the model expects {tuple(tensor.shape)} (another architecture or --num-classes?)"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise UserError(
+            f"checkpoint {str(path)!r} does not fit {type(model).__name__}: unexpected tensor {extra[0]!r}"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else err.__class__.__name__

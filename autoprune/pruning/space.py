@@ -1,0 +1,263 @@
+"""Coupled channel groups of a model, and the search space over their keep ratios.
+
+A *group* is a set of channels that must be removed together: in ResNet-18 the output channels of the stem,
+of every ``layerN.*.conv2`` and of the downsample convolution of a stage all meet in residual additions, so
+they form one group; ``layer1.0.conv1``'s filters form a group of their own (with ``layer1.0.bn1`` and the
+input channels of ``layer1.0.conv2``). Torch-Pruning's dependency graph finds the groups; a group is named
+after its first pruned layer in ``model.named_modules()`` order, which is stable for an architecture.
+
+Each conv/linear *layer* records which group sets its output channels and which its input channels, so the
+cost model can derive every pruned layer's shape from a plan by arithmetic alone, without building it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+import yaml
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.models import classifier
+from autoprune.plan import PruningPlan, aligned_channels
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One coupled channel group and the keep ratios the search may give it."""
+
+    name: str
+    channels: int
+    min_keep: float = 0.25
+    max_keep: float = 1.0
+    step: float = 0.05
+    layers: tuple[str, ...] = ()  # layers whose output channels this group prunes
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A conv or linear layer of the dense model, with the groups that shape it.
+
+    ``tokens`` is H*W of the layer's input (for linear layers: the number of rows per sample).
+    """
+
+    name: str
+    op: str  # "conv" | "linear"
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    groups: int
+    in_h: int
+    in_w: int
+    out_group: str | None
+    in_group: str | None
+
+    @property
+    def depthwise(self) -> bool:
+        return self.op == "conv" and self.groups > 1 and self.groups == self.in_channels
+
+    def pruned_shape(self, plan: PruningPlan, group_channels: dict[str, int]) -> tuple[int, int, int]:
+        """(in_channels, out_channels, groups) after ``plan``."""
+        cout = _kept(self.out_group, self.out_channels, plan, group_channels)
+        cin = _kept(self.in_group, self.in_channels, plan, group_channels)
+        if self.depthwise:
+            return cout, cout, cout
+        groups = self.groups if self.groups == 1 else math.gcd(self.groups, math.gcd(cin, cout))
+        return cin, cout, groups
+
+
+def _kept(group: str | None, channels: int, plan: PruningPlan, group_channels: dict[str, int]) -> int:
+    if group is None:
+        return channels
+    return aligned_channels(group_channels[group], plan.keep_ratios.get(group, 1.0), plan.alignment)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The groups a search may prune, and the layers they shape, for one model at one input shape."""
+
+    model: str
+    input_shape: tuple[int, int, int, int]
+    alignment: int
+    groups: tuple[GroupSpec, ...]
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def group_channels(self) -> dict[str, int]:
+        return {g.name: g.channels for g in self.groups}
+
+    def validate_plan(self, plan: PruningPlan) -> None:
+        known = set(self.group_names)
+        for name in plan.keep_ratios:
+            if name not in known:
+                raise UserError(
+                    f"plan names group {name!r}, which {self.model} does not have; "
+                    f"run `autoprune space --model {self.model}` to list its groups"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "alignment": self.alignment,
+            "groups": [{**asdict(g), "layers": list(g.layers)} for g in self.groups],
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, path: Path) -> "SearchSpace":
+        """This space with per-group ranges (and alignment) taken from a reviewed space file."""
+        data = _load_space_file(path)
+        if data.get("model") not in (None, self.model):
+            raise UserError(f"space file {str(path)!r} is for model {data['model']!r}, not {self.model!r}")
+        by_name = {g.name: g for g in self.groups}
+        overrides: dict[str, GroupSpec] = {}
+        for i, entry in enumerate(data.get("groups") or []):
+            where = f"space file {str(path)!r}, groups[{i}]"
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise UserError(f"{where}: each group needs a 'name'")
+            name = entry["name"]
+            if name not in by_name:
+                raise UserError(f"{where}: group {name!r} is not a prunable group of {self.model}")
+            lo = float(entry.get("min_keep", by_name[name].min_keep))
+            hi = float(entry.get("max_keep", by_name[name].max_keep))
+            step = float(entry.get("step", by_name[name].step))
+            if not (0.0 < lo <= hi <= 1.0) or step <= 0:
+                raise UserError(
+                    f"{where}: keep range [{lo}, {hi}] step {step} is invalid; keep ratios lie in (0, 1] "
+                    "(pruning ratios in [0, 1)) with min_keep <= max_keep and step > 0"
+                )
+            overrides[name] = GroupSpec(name, by_name[name].channels, lo, hi, step, by_name[name].layers)
+        groups = tuple(overrides.get(g.name, g) for g in self.groups)
+        alignment = int(data.get("alignment", self.alignment))
+        return SearchSpace(self.model, self.input_shape, alignment, groups, self.layers)
+
+
+def _load_space_file(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"space file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"space file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"space file {str(path)!r} must be a mapping with 'model' and 'groups'")
+    return data
+
+
+def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
+    """Torch-Pruning's dependency graph and a generator of its prunable groups (classifier output excluded).
+
+    The generator is lazy: pruning one group before asking for the next keeps concat/split offsets valid.
+    """
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    groups = graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=PRUNABLE_TYPES)
+    return graph, groups
+
+
+def group_layers(graph, group, names: dict[nn.Module, str]) -> tuple[list[str], list[str]]:
+    """(layers pruned on output channels, layers pruned on input channels) in a group, in model order."""
+    outs, ins = [], []
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, PRUNABLE_TYPES) or module not in names:
+            continue
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            outs.append(names[module])
+        elif graph.is_in_channel_pruning_fn(item.dep.handler):
+            ins.append(names[module])
+    order = {n: i for i, n in enumerate(names.values())}
+    return sorted(set(outs), key=order.get), sorted(set(ins), key=order.get)
+
+
+def generate_space(
+    model: nn.Module,
+    model_name: str,
+    input_shape: tuple[int, int, int, int],
+    alignment: int = 1,
+    min_keep: float = 0.25,
+    step: float = 0.05,
+) -> SearchSpace:
+    """Discover the coupled groups of ``model`` and the layers they shape, at ``input_shape`` (N, C, H, W)."""
+    model = model.eval()
+    example = torch.zeros(input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    graph, lazy_groups = dependency_groups(model, example)
+    groups: list[GroupSpec] = []
+    out_group: dict[str, str] = {}
+    in_group: dict[str, str] = {}
+    for group in lazy_groups:
+        outs, ins = group_layers(graph, group, names)
+        if not outs:
+            continue
+        name = outs[0]
+        groups.append(GroupSpec(name, len(group[0].idxs), min_keep, 1.0, step, tuple(outs)))
+        out_group.update({layer: name for layer in outs})
+        in_group.update({layer: name for layer in ins})
+    order = {n: i for i, n in enumerate(names.values())}
+    groups.sort(key=lambda g: order[g.name])
+    layers = _trace_layers(model, example, out_group, in_group)
+    return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers))
+
+
+def _trace_layers(model, example, out_group, in_group) -> list[LayerSpec]:
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name):
+        def hook(module, inputs, output):  # must return None, or it would replace the output
+            shapes.setdefault(name, tuple(inputs[0].shape))
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_TYPES)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    layers = []
+    for name, module in model.named_modules():
+        if name not in shapes:
+            continue
+        shape = shapes[name]
+        if isinstance(module, nn.Conv2d):
+            layers.append(
+                LayerSpec(
+                    name, "conv", module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
+                    _padding(module), module.groups, shape[2], shape[3], out_group.get(name), in_group.get(name),
+                )
+            )
+        else:
+            rows = math.prod(shape[1:-1]) if len(shape) > 2 else 1
+            layers.append(
+                LayerSpec(
+                    name, "linear", module.in_features, module.out_features, 1, 1, 0, 1, rows, 1,
+                    out_group.get(name), in_group.get(name),
+                )
+            )
+    return layers
+
+
+def _padding(conv: nn.Conv2d) -> int:
+    if isinstance(conv.padding, str):
+        return conv.kernel_size[0] // 2 if conv.padding == "same" else 0
+    return int(conv.padding[0])
