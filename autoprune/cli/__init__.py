@@ -1,0 +1,63 @@
+"""The ``autoprune`` command line: parses, calls the library, prints.
+
+Each command group lives in its own module exposing ``register(app)``. Domain errors
+(:class:`autoprune.errors.UserError`) and usage errors print one line and exit with code 2; set
+``AUTOPRUNE_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+
+from autoprune.errors import UserError
+
+# Command modules, each with ``register(app: typer.Typer) -> None``.
+COMMAND_MODULES = ("autoprune.cli.search", "autoprune.cli.info")
+
+app = typer.Typer(
+    name="autoprune",
+    help="Hardware-aware pruning search: find the accuracy-vs-latency Pareto front of a network on a target device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def _debug() -> bool:
+    return os.environ.get("AUTOPRUNE_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+        return int(result or 0)
+    except UserError as err:
+        if _debug():
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as err:  # bad option, missing argument, bad value
+        if _debug():
+            raise
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {err.format_message()}{hint}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    sys.exit(main())
