@@ -1,0 +1,129 @@
+"""``autoprune search``: run or resume a pruning search and print its Pareto front."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autoprune.cli.common import err_console, out_console, parse_input_shape, print_json
+from autoprune.search import SearchConfig, SearchResult, TrialRecord, run_search
+
+
+class RichReporter:
+    """Renders search progress on stderr: baseline epochs, then trial k/N with the best so far and an ETA."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False,
+            disable=quiet,
+        )
+        self._task = None
+        self._baseline_task = None
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def stage(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[dim]{text}[/dim]")
+
+    def warn(self, text: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/yellow] {text}")
+
+    def baseline_epoch(self, epoch: int, epochs: int, loss: float) -> None:
+        if self._baseline_task is None:
+            self._baseline_task = self.progress.add_task("training dense baseline", total=epochs)
+        self.progress.update(
+            self._baseline_task, completed=epoch, description=f"training dense baseline (loss {loss:.3f})"
+        )
+
+    def trial_done(self, done: int, total: int, front: list[TrialRecord], failed: str | None) -> None:
+        if self._task is None:
+            self._task = self.progress.add_task("trials", total=total, completed=done)
+        if failed:
+            self.progress.console.print(f"[yellow]trial failed:[/yellow] {failed}")
+        best = max(front, key=lambda r: r.accuracy, default=None)
+        fastest = min(front, key=lambda r: r.latency_ms, default=None)
+        text = "trials"
+        if best and fastest:
+            text = (
+                f"trials · front {len(front)} · best acc {best.accuracy:.1%} @ {best.latency_ms:.3g} ms"
+                f" · fastest {fastest.latency_ms:.3g} ms @ {fastest.accuracy:.1%}"
+            )
+        self.progress.update(self._task, completed=done, description=text)
+
+
+def pareto_table(result: SearchResult) -> Table:
+    base = result.baseline
+    provenance = base.get("latency_provenance", "")
+    table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left")
+    for column in ("trial", "accuracy", f"latency ms ({provenance})", "speedup", "params", "MFLOPs", "strategy"):
+        table.add_column(column, justify="right" if column != "strategy" else "left")
+    table.add_row(
+        "dense", f"{base['accuracy']:.2%}", f"{base['latency_ms']:.4g}", "1.00×", f"{base['params']:,}",
+        f"{base['mflops']:.1f}", "baseline", style="dim",
+    )
+    for r in result.pareto:
+        table.add_row(
+            str(r.number), f"{r.accuracy:.2%}", f"{r.latency_ms:.4g}", f"{r.speedup:.2f}×", f"{r.params:,}",
+            f"{r.mflops:.1f}", r.strategy,
+        )
+    return table
+
+
+def search(
+    model: str = typer.Option(..., "--model", help="torchvision classification model (see `autoprune models`)."),
+    target: str = typer.Option(..., "--target", help="hardware profile name, alias (jetson, cpu) or YAML path (see `autoprune targets`)."),
+    data: str = typer.Option("mnist5k", "--data", help="data spec: mnist5k | digits | cifar10[:DIR] | imagefolder:PATH."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict of the trained dense model (loaded with weights_only=True); without it a baseline is trained and cached."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint; unpickling runs code from the file, so only for files you trust."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights to start from, e.g. DEFAULT (needs network access once)."),
+    strategy: str = typer.Option("tpe", "--strategy", help="search strategy: tpe | random | uniform."),
+    trials: int = typer.Option(24, "--trials", help="number of candidates to evaluate (completed trials of a resumed study count)."),
+    finetune_steps: int = typer.Option(50, "--finetune-steps", help="SGD steps of fine-tuning per candidate before measuring accuracy."),
+    baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs when training the dense baseline."),
+    importance: str = typer.Option("l1", "--importance", help="which channels go: l1 | l2 | bn_scale | fpgm | taylor | random."),
+    study: Optional[str] = typer.Option(None, "--study", help="study name; an existing study is resumed. Default: MODEL-TARGET-DATA."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL. Default: sqlite:///OUT/study.db."),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the run's files. Default: autoprune-runs/STUDY."),
+    input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="model input NxCxHxW; latency is predicted at this shape."),
+    seed: int = typer.Option(0, "--seed", help="seed for data split, baseline, sampler and fine-tuning."),
+    space: Optional[Path] = typer.Option(None, "--space", help="YAML search space with per-group keep ranges (see `autoprune space`)."),
+    json_output: bool = typer.Option(False, "--json", help="print the result as JSON on stdout."),
+) -> None:
+    """Search per-group keep ratios for MODEL on TARGET; print the accuracy-vs-latency Pareto front."""
+    config = SearchConfig(
+        model=model, target=target, data=data, checkpoint=str(checkpoint) if checkpoint else None,
+        trust_checkpoint=trust_checkpoint, weights=weights, strategy=strategy, trials=trials,
+        finetune_steps=finetune_steps, baseline_epochs=baseline_epochs, importance=importance, study=study,
+        storage=storage, out_dir=str(out) if out else None, input_shape=parse_input_shape(input_shape), seed=seed,
+        space_file=str(space) if space else None,
+    )
+    started = time.perf_counter()
+    with RichReporter(quiet=json_output) as reporter:
+        result = run_search(config, reporter)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    out_console.print(pareto_table(result))
+    out_console.print(
+        f"{result.completed} completed, {result.failed} failed trials in {time.perf_counter() - started:.0f} s"
+        + (" (stopped by Ctrl-C; run the same command to resume)" if result.interrupted else "")
+    )
+    out_console.print(f"study  {result.study_name} in {result.storage}")
+    out_console.print(f"files  {result.out_dir}/ (results.json, config.json)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)

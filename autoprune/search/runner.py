@@ -1,0 +1,331 @@
+"""``run_search``: baseline → space → cost model → Optuna study loop → Pareto front on disk.
+
+The study storage is the single source of truth: every finished trial is committed there before the next
+starts, so a killed run loses at most the trial in flight, which the next run re-enqueues.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.baseline import BaselineSpec, get_baseline
+from autoprune.data import load_data
+from autoprune.errors import UserError
+from autoprune.hardware import CostModel, load_profile
+from autoprune.paths import atomic_write_json
+from autoprune.plan import PruningPlan
+from autoprune.pruning import generate_space, model_stats
+from autoprune.search.evaluator import CandidateResult, Evaluator, EvaluatorSettings
+from autoprune.search.records import STUDY_ATTR, TrialRecord, completed_records, pareto_records
+from autoprune.search.strategies import create_strategy
+from autoprune.training import NonFiniteLoss, TrainRecipe
+
+MAX_CONSECUTIVE_FAILURES = 5
+# Settings that must match for trials to be comparable; a study created with others is refused.
+IDENTITY_FIELDS = ("model", "target", "data", "input_shape", "checkpoint", "weights")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search run depends on; saved next to the results so any run can be reproduced."""
+
+    model: str
+    target: str
+    data: str = "mnist5k"
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False
+    weights: str | None = None
+    strategy: str = "tpe"
+    trials: int = 24
+    finetune_steps: int = 50
+    baseline_epochs: int = 5
+    importance: str = "l1"
+    study: str | None = None
+    storage: str | None = None
+    out_dir: str | None = None
+    input_shape: tuple[int, int, int, int] = (1, 3, 32, 32)
+    seed: int = 0
+    space_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise UserError(f"--trials must be at least 1, got {self.trials}")
+        if self.finetune_steps < 0:
+            raise UserError(f"--finetune-steps must be 0 or more, got {self.finetune_steps}")
+        if self.baseline_epochs < 1:
+            raise UserError(f"--baseline-epochs must be at least 1, got {self.baseline_epochs}")
+
+    @property
+    def study_name(self) -> str:
+        return self.study or _slug(f"{self.model}-{self.target}-{self.data}")
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("autoprune-runs") / self.study_name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out_path / 'study.db').resolve()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "input_shape": list(self.input_shape)}
+
+
+class SearchReporter(Protocol):
+    """Progress callbacks; the CLI renders them, the library never prints."""
+
+    def stage(self, text: str) -> None: ...
+    def warn(self, text: str) -> None: ...
+    def baseline_epoch(self, epoch: int, epochs: int, loss: float) -> None: ...
+    def trial_done(self, done: int, total: int, front: list[TrialRecord], failed: str | None) -> None: ...
+
+
+class SilentReporter:
+    def stage(self, text: str) -> None:
+        pass
+
+    def warn(self, text: str) -> None:
+        pass
+
+    def baseline_epoch(self, epoch: int, epochs: int, loss: float) -> None:
+        pass
+
+    def trial_done(self, done: int, total: int, front: list[TrialRecord], failed: str | None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Where the run's files are, the dense reference point, and the Pareto-optimal candidates."""
+
+    study_name: str
+    storage: str
+    out_dir: Path
+    baseline: dict[str, Any]
+    pareto: list[TrialRecord]
+    completed: int
+    failed: int
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "out_dir": str(self.out_dir),
+            "baseline": self.baseline,
+            "pareto": [r.to_dict() for r in self.pareto],
+            "completed_trials": self.completed,
+            "failed_trials": self.failed,
+            "interrupted": self.interrupted,
+            "warnings": self.warnings,
+        }
+
+
+def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> SearchResult:
+    """Run (or resume) the search described by ``config``; see the module docstring."""
+    reporter = reporter or SilentReporter()
+    warnings: list[str] = []
+    profile = load_profile(config.target)
+    if profile.provenance != "measured":
+        warnings.append(
+            f"target {profile.name!r} is {profile.provenance} ({profile.provenance_source}), not measured on the "
+            "device; measure one with `autoprune profile measure` (see README)"
+        )
+        reporter.warn(warnings[-1])
+    study = _open_study(config)  # fail fast on a bad storage URL, before any training
+
+    reporter.stage(f"loading data {config.data}")
+    data = load_data(config.data, tuple(config.input_shape[2:]), config.seed)
+    spec = BaselineSpec(
+        config.model, config.data, config.input_shape, data.num_classes, config.seed,
+        TrainRecipe(epochs=config.baseline_epochs), config.weights,
+    )
+    reporter.stage("preparing the dense baseline")
+    baseline = get_baseline(
+        spec, data, Path(config.checkpoint) if config.checkpoint else None, config.trust_checkpoint,
+        on_epoch=reporter.baseline_epoch,
+    )
+    space = generate_space(baseline.model, config.model, config.input_shape, alignment=profile.alignment)
+    if config.space_file:
+        space = space.with_overrides(Path(config.space_file))
+    cost_model = CostModel(profile)
+    dense_latency = cost_model.predict(space, PruningPlan(alignment=space.alignment))
+    dense = {
+        "accuracy": baseline.accuracy,
+        "latency_ms": dense_latency.latency_ms,
+        "latency_provenance": dense_latency.provenance,
+        "latency_source": dense_latency.source,
+        "source": baseline.source,
+        **model_stats(baseline.model, config.input_shape).to_dict(),
+    }
+    _claim_study(study, config, profile, dense, space)
+    evaluator = Evaluator(
+        baseline.model, data, space, cost_model,
+        EvaluatorSettings(finetune_steps=config.finetune_steps, seed=config.seed),
+    )
+    strategy = create_strategy(config.strategy, space, config.importance, config.seed, config.trials)
+    study.sampler = strategy.sampler()
+    _requeue_interrupted(study, reporter)
+
+    interrupted = _optimize(study, strategy, evaluator, config, reporter)
+    records = completed_records(study)
+    result = SearchResult(
+        study_name=config.study_name,
+        storage=config.storage_url,
+        out_dir=config.out_path,
+        baseline=dense,
+        pareto=pareto_records(records),
+        completed=len(records),
+        failed=sum(t.state == TrialState.FAIL for t in study.trials),
+        interrupted=interrupted,
+        warnings=warnings,
+    )
+    atomic_write_json(config.out_path / "results.json", {**result.to_dict(), "config": config.to_dict()})
+    return result
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def _open_study(config: SearchConfig) -> optuna.Study:
+    config.out_path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config.out_path / "config.json", {**config.to_dict(), "command": sys.argv})
+    try:
+        return optuna.create_study(
+            study_name=config.study_name, storage=open_storage(config.storage_url), load_if_exists=True,
+            directions=["maximize", "minimize"],
+        )
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any storage failure is the user's URL or permissions
+        raise UserError(
+            f"cannot open study storage {config.storage_url!r}: {str(err).splitlines()[0]} "
+            "(pass an Optuna storage URL such as sqlite:///path/study.db)"
+        ) from err
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage for ``url``; SQLite gets a long busy timeout so parallel writers wait, not fail."""
+    if url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return url
+
+
+def _claim_study(study: optuna.Study, config: SearchConfig, profile, dense: dict, space) -> None:
+    """Record what this study is about, or refuse to add trials of another model/target/data to it."""
+    identity = {
+        "model": config.model, "target": profile.name, "data": config.data,
+        "input_shape": list(config.input_shape), "checkpoint": config.checkpoint, "weights": config.weights,
+    }
+    existing = study.user_attrs.get(STUDY_ATTR)
+    if existing:
+        for key in IDENTITY_FIELDS:
+            if existing.get(key) != identity.get(key):
+                raise UserError(
+                    f"study {config.study_name!r} holds trials for {key}={existing.get(key)!r}, not {identity.get(key)!r}; "
+                    "pass a new --study name (or --out) to start a separate search"
+                )
+    study.set_user_attr(
+        STUDY_ATTR,
+        {
+            **identity,
+            "profile_provenance": profile.provenance,
+            "profile_source": profile.provenance_source,
+            "alignment": space.alignment,
+            "groups": [{"name": g.name, "channels": g.channels} for g in space.groups],
+            "baseline": dense,
+        },
+    )
+
+
+def _owned_by_live_process(trial: optuna.trial.FrozenTrial) -> bool:
+    owner = trial.user_attrs.get("worker") or {}
+    if owner.get("host") != socket.gethostname() or not owner.get("pid"):
+        return False
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return int(owner["pid"]) != os.getpid()
+
+
+def _requeue_interrupted(study: optuna.Study, reporter: SearchReporter) -> None:
+    """Fail trials left RUNNING by a dead process and enqueue their plans again, so they are re-run."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _owned_by_live_process(trial):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted: the process running it died")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        reporter.warn(f"trial {trial.number} was interrupted by a previous run; it will be re-run")
+
+
+def _counted(study: optuna.Study, strategy: str) -> int:
+    """Trials of ``strategy`` that count toward --trials: completed or failed for a reason of their own."""
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.user_attrs.get("strategy") != strategy:
+            continue
+        if t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith("interrupted"):
+            continue
+        count += 1
+    return count
+
+
+def _optimize(study, strategy, evaluator: Evaluator, config: SearchConfig, reporter: SearchReporter) -> bool:
+    """Ask/evaluate/tell until ``config.trials`` trials of this strategy count; return True if Ctrl-C stopped it."""
+    consecutive_failures: list[str] = []
+    done = _counted(study, strategy.name)
+    reporter.trial_done(done, config.trials, pareto_records(completed_records(study)), None)
+    while done < config.trials:
+        strategy.before_ask(study)
+        trial = study.ask()
+        trial.set_user_attr("strategy", strategy.name)
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        try:
+            plan = strategy.propose(study, trial)
+            result = evaluator.evaluate(plan)
+            _check_finite(result)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted: stopped with Ctrl-C")
+            study.tell(trial, state=TrialState.FAIL)
+            return True
+        except (NonFiniteLoss, RuntimeError, ValueError, UserError) as err:
+            reason = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            consecutive_failures.append(reason)
+            done += 1
+            reporter.trial_done(done, config.trials, pareto_records(completed_records(study)), reason)
+            if len(consecutive_failures) >= MAX_CONSECUTIVE_FAILURES:
+                common = max(set(consecutive_failures), key=consecutive_failures.count)
+                raise UserError(
+                    f"{len(consecutive_failures)} trials in a row failed, most often with {common!r}; "
+                    "fix the cause (see the trials' fail_reason in the study) and run the same command to resume"
+                )
+            continue
+        for key, value in result.attrs().items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, [result.accuracy, result.latency_ms])
+        consecutive_failures.clear()
+        done += 1
+        reporter.trial_done(done, config.trials, pareto_records(completed_records(study)), None)
+    return False
+
+
+def _check_finite(result: CandidateResult) -> None:
+    if not (math.isfinite(result.accuracy) and math.isfinite(result.latency_ms)):
+        raise ValueError(f"non-finite objective (accuracy={result.accuracy}, latency_ms={result.latency_ms})")
