@@ -1,11 +1,19 @@
-"""Structured pruning on Torch-Pruning's dependency graph.
+"""Pruning on Torch-Pruning's dependency graph, plus unstructured and N:M sparsity.
 
-``space`` answers "which channel groups are coupled and what does each layer depend on", ``structured``
-"how to cut a model by a plan", ``metrics`` "how big is the result".
+``space`` answers "which channel groups are coupled and what does each layer depend on", ``importance``
+"which channels go", ``structured`` / ``unstructured`` "how to cut a model by a plan", ``schedules`` "how
+much and when", ``sensitivity`` "how much each group can lose", ``metrics`` "how big is the result".
 """
 
-from autoprune.pruning.metrics import ModelStats, model_stats
+from autoprune.pruning.engine import PruneResult, prune
+from autoprune.pruning.importance import GRADIENT_CRITERIA, IMPORTANCE_CRITERIA
+from autoprune.pruning.metrics import DiskSize, ModelStats, disk_size, model_stats, pruned_metrics
 from autoprune.pruning.space import GroupSpec, LayerSpec, SearchSpace, generate_space
 from autoprune.pruning.structured import apply_plan
+from autoprune.pruning.unstructured import LayerSparsity, Masks, SparsityReport, apply_sparsity, nm_holds
 
-__all__ = ["GroupSpec", "LayerSpec", "ModelStats", "SearchSpace", "apply_plan", "generate_space", "model_stats"]
+__all__ = [
+    "GRADIENT_CRITERIA", "IMPORTANCE_CRITERIA", "DiskSize", "GroupSpec", "LayerSparsity", "LayerSpec", "Masks",
+    "ModelStats", "PruneResult", "SearchSpace", "SparsityReport", "apply_plan", "apply_sparsity", "disk_size",
+    "generate_space", "model_stats", "nm_holds", "prune", "pruned_metrics",
+]

@@ -12,6 +12,7 @@ cost model can derive every pruned layer's shape from a plan by arithmetic alone
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models import classifier
-from autoprune.plan import PruningPlan, aligned_channels
+from autoprune.plan import PruningPlan, kept_channels
+from autoprune.pruning.attention import HeadAttention, convert_attention
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -39,13 +41,16 @@ class GroupSpec:
     max_keep: float = 1.0
     step: float = 0.05
     layers: tuple[str, ...] = ()  # layers whose output channels this group prunes
+    unit: int = 1  # channels removed together: the head size for an attention-head group, else 1
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     """A conv or linear layer of the dense model, with the groups that shape it.
 
-    ``tokens`` is H*W of the layer's input (for linear layers: the number of rows per sample).
+    For linear layers ``in_h`` is the number of rows per sample (tokens) and ``in_w`` is 1. ``out_unit`` /
+    ``in_unit`` are the block sizes of the groups (attention heads), and ``out_factor`` how many times the
+    output group repeats in the output (3 for a fused q/k/v projection).
     """
 
     name: str
@@ -60,6 +65,9 @@ class LayerSpec:
     in_w: int
     out_group: str | None
     in_group: str | None
+    out_unit: int = 1
+    in_unit: int = 1
+    out_factor: int = 1
 
     @property
     def depthwise(self) -> bool:
@@ -67,18 +75,20 @@ class LayerSpec:
 
     def pruned_shape(self, plan: PruningPlan, group_channels: dict[str, int]) -> tuple[int, int, int]:
         """(in_channels, out_channels, groups) after ``plan``."""
-        cout = _kept(self.out_group, self.out_channels, plan, group_channels)
-        cin = _kept(self.in_group, self.in_channels, plan, group_channels)
+        cout = self.out_factor * _kept(
+            self.out_group, self.out_channels // self.out_factor, plan, group_channels, self.out_unit
+        )
+        cin = _kept(self.in_group, self.in_channels, plan, group_channels, self.in_unit)
         if self.depthwise:
             return cout, cout, cout
         groups = self.groups if self.groups == 1 else math.gcd(self.groups, math.gcd(cin, cout))
         return cin, cout, groups
 
 
-def _kept(group: str | None, channels: int, plan: PruningPlan, group_channels: dict[str, int]) -> int:
+def _kept(group: str | None, channels: int, plan: PruningPlan, group_channels: dict[str, int], unit: int = 1) -> int:
     if group is None:
         return channels
-    return aligned_channels(group_channels[group], plan.keep_ratios.get(group, 1.0), plan.alignment)
+    return kept_channels(group_channels[group], plan.keep_ratios.get(group, 1.0), plan.alignment, unit)
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,9 @@ class SearchSpace:
                     f"{where}: keep range [{lo}, {hi}] step {step} is invalid; keep ratios lie in (0, 1] "
                     "(pruning ratios in [0, 1)) with min_keep <= max_keep and step > 0"
                 )
-            overrides[name] = GroupSpec(name, by_name[name].channels, lo, hi, step, by_name[name].layers)
+            overrides[name] = GroupSpec(
+                name, by_name[name].channels, lo, hi, step, by_name[name].layers, by_name[name].unit
+            )
         groups = tuple(overrides.get(g.name, g) for g in self.groups)
         alignment = int(data.get("alignment", self.alignment))
         return SearchSpace(self.model, self.input_shape, alignment, groups, self.layers)
@@ -192,29 +204,43 @@ def generate_space(
     min_keep: float = 0.25,
     step: float = 0.05,
 ) -> SearchSpace:
-    """Discover the coupled groups of ``model`` and the layers they shape, at ``input_shape`` (N, C, H, W)."""
+    """Discover the coupled groups of ``model`` and the layers they shape, at ``input_shape`` (N, C, H, W).
+
+    Models with ``nn.MultiheadAttention`` are analysed on a copy converted to :class:`HeadAttention` (the form
+    :func:`apply_plan` prunes), so attention groups are named after their ``qkv`` layer and count heads.
+    """
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        model = convert_attention(copy.deepcopy(model))
     model = model.eval()
     example = torch.zeros(input_shape)
     names = {m: n for n, m in model.named_modules()}
+    attention = {m.qkv: m for m in model.modules() if isinstance(m, HeadAttention)}
     graph, lazy_groups = dependency_groups(model, example)
     groups: list[GroupSpec] = []
-    out_group: dict[str, str] = {}
-    in_group: dict[str, str] = {}
+    out_group: dict[str, tuple[str, int]] = {}
+    in_group: dict[str, tuple[str, int]] = {}
     for group in lazy_groups:
         outs, ins = group_layers(graph, group, names)
         if not outs:
             continue
         name = outs[0]
-        groups.append(GroupSpec(name, len(group[0].idxs), min_keep, 1.0, step, tuple(outs)))
-        out_group.update({layer: name for layer in outs})
-        in_group.update({layer: name for layer in ins})
+        root = group[0].dep.target.module
+        if root in attention and graph.is_out_channel_pruning_fn(group[0].dep.handler):
+            block = attention[root]
+            channels, unit = block.proj.in_features, block.head_dim
+        else:
+            channels, unit = len(group[0].idxs), 1
+        groups.append(GroupSpec(name, channels, min_keep, 1.0, step, tuple(outs), unit))
+        out_group.update({layer: (name, unit) for layer in outs})
+        in_group.update({layer: (name, unit) for layer in ins})
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
-    layers = _trace_layers(model, example, out_group, in_group)
+    qkv_names = {names[m] for m in attention}
+    layers = _trace_layers(model, example, out_group, in_group, qkv_names)
     return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers))
 
 
-def _trace_layers(model, example, out_group, in_group) -> list[LayerSpec]:
+def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()) -> list[LayerSpec]:
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name):
@@ -239,19 +265,23 @@ def _trace_layers(model, example, out_group, in_group) -> list[LayerSpec]:
         if name not in shapes:
             continue
         shape = shapes[name]
+        out_name, out_unit = out_group.get(name, (None, 1))
+        in_name, in_unit = in_group.get(name, (None, 1))
+        links = dict(out_group=out_name, in_group=in_name, out_unit=out_unit, in_unit=in_unit)
         if isinstance(module, nn.Conv2d):
             layers.append(
                 LayerSpec(
                     name, "conv", module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
-                    _padding(module), module.groups, shape[2], shape[3], out_group.get(name), in_group.get(name),
+                    _padding(module), module.groups, shape[2], shape[3], **links,
                 )
             )
         else:
             rows = math.prod(shape[1:-1]) if len(shape) > 2 else 1
+            factor = 3 if name in qkv_names else 1  # fused q, k, v: the head group appears three times
             layers.append(
                 LayerSpec(
-                    name, "linear", module.in_features, module.out_features, 1, 1, 0, 1, rows, 1,
-                    out_group.get(name), in_group.get(name),
+                    name, "linear", module.in_features, module.out_features, 1, 1, 0, 1, rows, 1, **links,
+                    out_factor=factor,
                 )
             )
     return layers

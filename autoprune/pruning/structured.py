@@ -1,29 +1,22 @@
-"""Apply a plan's structured part: physically remove channels, group by coupled group."""
+"""Apply a plan's structured part: physically remove channels (and attention heads), group by coupled group."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.errors import unknown_choice
-from autoprune.plan import PruningPlan, aligned_channels
+from autoprune.errors import UserError
+from autoprune.plan import PruningPlan, kept_channels
+from autoprune.pruning.attention import HeadAttention, convert_attention
+from autoprune.pruning.importance import (
+    IMPORTANCE_CRITERIA,  # noqa: F401 - re-exported: callers list the criteria from here
+    make_importance,
+    prepare_gradients,
+)
 from autoprune.pruning.space import dependency_groups, group_layers
-
-# Criteria that score a group without gradients, and those that need a few calibration batches.
-_STATIC: dict[str, Callable[[], tp.importance.Importance]] = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-    "bn_scale": lambda: tp.importance.BNScaleImportance(),
-    "fpgm": lambda: tp.importance.FPGMImportance(),
-    "random": lambda: tp.importance.RandomImportance(),
-}
-_GRADIENT: dict[str, Callable[[], tp.importance.Importance]] = {
-    "taylor": lambda: tp.importance.GroupTaylorImportance(),
-}
-IMPORTANCE_CRITERIA = tuple(sorted([*_STATIC, *_GRADIENT]))
 
 
 def apply_plan(
@@ -33,48 +26,88 @@ def apply_plan(
     calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Prune ``model`` in place by ``plan`` and return it.
+    """Prune ``model`` in place by ``plan``'s keep ratios and return it.
 
     Channels are ranked by ``plan.importance`` within each coupled group, and the lowest-ranked are removed
-    so that ``plan.kept_channels(group)`` remain. Gradient criteria accumulate gradients over the
-    ``calibration`` batches first. The same model, plan and seed always give the same result.
+    so that ``plan.kept_channels(group)`` remain; attention groups lose whole heads. Gradient criteria run
+    the ``calibration`` batches first. ``nn.MultiheadAttention`` blocks are replaced by equivalent
+    :class:`HeadAttention` blocks. The same model, plan and seed always give the same result.
+    Only the structured part of the plan is applied here; see :func:`autoprune.pruning.prune` for all of it.
     """
-    importance = _importance(plan.importance)
-    if plan.importance in _GRADIENT:
-        _accumulate_gradients(model, calibration)
-    names = {m: n for n, m in model.named_modules()}
-    model.eval()
-    graph, lazy_groups = dependency_groups(model, example_inputs)
+    importance = make_importance(plan.importance)
+    convert_attention(model)
+    if not plan.is_structured:
+        return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        prepare_gradients(model, plan.importance, calibration)
+        names = {m: n for n, m in model.named_modules()}
+        attention = {m.qkv: m for m in model.modules() if isinstance(m, HeadAttention)}
+        model.eval()
+        graph, lazy_groups = dependency_groups(model, example_inputs)
         for group in lazy_groups:
             outs, _ = group_layers(graph, group, names)
             if not outs:
                 continue
-            channels = len(group[0].idxs)
-            keep = aligned_channels(channels, plan.keep_ratios.get(outs[0], 1.0), plan.alignment)
-            if keep >= channels:
+            ratio = plan.keep_ratios.get(outs[0], 1.0)
+            if ratio >= 1.0:
                 continue
-            scores = importance(group)
-            order = torch.argsort(scores.detach().float().cpu(), stable=True)
-            prune_idxs = sorted(order[: channels - keep].tolist())
             root = group[0].dep.target.module
-            graph.get_pruning_group(root, group[0].dep.handler, prune_idxs).prune()
+            try:
+                if root in attention and graph.is_out_channel_pruning_fn(group[0].dep.handler):
+                    _prune_heads(graph, attention[root], ratio, importance)
+                else:
+                    _prune_channels(graph, group, ratio, plan.alignment, importance)
+            except (AssertionError, RuntimeError, IndexError) as err:
+                raise UserError(
+                    f"Torch-Pruning cannot prune group {outs[0]!r} of {type(model).__name__} "
+                    f"({err.__class__.__name__}: {err}); keep that group whole (keep ratio 1.0)"
+                ) from err
+    _sync_widths(model)
     model.zero_grad(set_to_none=True)
     return model
 
 
-def _importance(name: str) -> tp.importance.Importance:
-    factory = _STATIC.get(name) or _GRADIENT.get(name)
-    if factory is None:
-        raise unknown_choice("importance criterion", name, IMPORTANCE_CRITERIA)
-    return factory()
+def _sync_widths(model: nn.Module) -> None:
+    """Update width attributes a forward pass reads (torchvision's ViT reshapes by ``hidden_dim``)."""
+    for module in model.modules():
+        conv_proj = getattr(module, "conv_proj", None)
+        if isinstance(conv_proj, nn.Conv2d) and isinstance(getattr(module, "hidden_dim", None), int):
+            module.hidden_dim = conv_proj.out_channels
 
 
-def _accumulate_gradients(model: nn.Module, calibration) -> None:
-    if calibration is None:
-        raise ValueError("gradient-based importance needs calibration batches")
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    for images, labels in calibration:
-        nn.functional.cross_entropy(model(images), labels).backward()
+def _scores(importance, group) -> torch.Tensor:
+    scores = importance(group)
+    if scores is None:  # e.g. bn_scale on a group without BatchNorm
+        raise UserError(
+            f"importance criterion {type(importance).__name__} cannot score the group of "
+            f"{type(group[0].dep.target.module).__name__} (it has no layer that criterion reads); use l1 or l2"
+        )
+    return scores.detach().float().cpu()
+
+
+def _prune_channels(graph, group, ratio: float, alignment: int, importance) -> None:
+    channels = len(group[0].idxs)
+    keep = kept_channels(channels, ratio, alignment)
+    if keep >= channels:
+        return
+    scores = _scores(importance, group)
+    order = torch.argsort(scores, stable=True)
+    prune_idxs = sorted(order[: channels - keep].tolist())
+    graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, prune_idxs).prune()
+
+
+def _prune_heads(graph, block: HeadAttention, ratio: float, importance) -> None:
+    """Remove whole heads: rank them by the mean channel score, rooted at ``proj``'s inputs (as
+    Torch-Pruning's own head pruning does, so the index mapping through ``unbind`` is exact)."""
+    heads, head_dim = block.num_heads, block.head_dim
+    inner = heads * head_dim
+    keep = kept_channels(inner, ratio, 1, unit=head_dim) // head_dim
+    if keep >= heads:
+        return
+    group = graph.get_pruning_group(block.proj, tp.prune_linear_in_channels, list(range(inner)))
+    scores = _scores(importance, group).view(heads, head_dim).mean(dim=1)
+    drop = sorted(torch.argsort(scores, stable=True)[: heads - keep].tolist())
+    idxs = [h * head_dim + d for h in drop for d in range(head_dim)]
+    graph.get_pruning_group(block.proj, tp.prune_linear_in_channels, idxs).prune()
+    block.num_heads = keep
