@@ -1,0 +1,39 @@
+"""Hardware profiles, latency measurement, and the latency cost model.
+
+``profile`` answers "what is the target and what do its layers cost", ``cost_model`` "how fast is this plan
+there", ``measure`` "how fast is this model here", ``profiling`` "fill, calibrate and validate a profile".
+"""
+
+from autoprune.hardware.cost_model import CostModel, LatencyEstimate, staircase
+from autoprune.hardware.measure import LatencyMeasurement, measure_model_latency
+from autoprune.hardware.profile import (
+    ALIASES,
+    HardwareProfile,
+    TargetInfo,
+    available_targets,
+    load_profile,
+    save_profile,
+    unmeasured_warning,
+    warn_once_text,
+)
+from autoprune.hardware.schema import ProfileSchemaError
+from autoprune.hardware.signature import LayerSignature, model_key
+
+__all__ = [
+    "ALIASES",
+    "CostModel",
+    "HardwareProfile",
+    "LatencyEstimate",
+    "LatencyMeasurement",
+    "LayerSignature",
+    "ProfileSchemaError",
+    "TargetInfo",
+    "available_targets",
+    "load_profile",
+    "measure_model_latency",
+    "model_key",
+    "save_profile",
+    "staircase",
+    "unmeasured_warning",
+    "warn_once_text",
+]

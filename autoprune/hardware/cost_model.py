@@ -1,0 +1,235 @@
+"""The latency cost model: predicts a plan's latency on a target in well under a millisecond.
+
+Prediction = sum over the pruned model's conv/linear layers of the profile's latency for each layer's
+signature, then the per-model calibration ``a * sum + b`` fitted on whole-model measurements (the offset covers
+what the table does not hold: pooling, residual additions, graph input/output). Channel counts first climb the
+target's alignment staircase (64 -> 60 channels costs what 64 costs on a target that pads to 8); between measured
+channel counts the table is interpolated bilinearly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from autoprune.errors import UserError
+from autoprune.hardware.profile import HardwareProfile, NMSupport, Validation
+from autoprune.hardware.signature import FamilyKey, LayerSignature, model_key, pruned_signature
+from autoprune.plan import PruningPlan
+from autoprune.pruning.space import SearchSpace
+
+BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+OFFSET_ROW = "(other ops: calibration offset)"
+
+
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """A predicted latency (ms) with where it comes from, and the per-layer parts it is the sum of.
+
+    ``per_layer`` rows sum exactly to ``latency_ms`` (a calibration offset, if any, is its own row).
+    ``macs`` and ``params`` are for batch 1; ``size_mb`` is the weights at the target's precision.
+    """
+
+    latency_ms: float
+    provenance: str  # measured | calibrated | estimated
+    source: str
+    per_layer: tuple[tuple[str, float], ...]
+    target: str = ""
+    calibrated: bool = False
+    macs: int = 0
+    params: int = 0
+    size_mb: float = 0.0
+    validation: Validation | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target, "latency_ms": round(self.latency_ms, 6), "provenance": self.provenance,
+            "source": self.source, "calibrated": self.calibrated, "macs": self.macs, "params": self.params,
+            "size_mb": round(self.size_mb, 4),
+            "validation": None if self.validation is None else self.validation.summary(),
+            "per_layer": [{"layer": n, "ms": round(ms, 6)} for n, ms in self.per_layer],
+            "notes": list(self.notes),
+        }
+
+
+def staircase(channels: int, alignment: int) -> int:
+    """Channels the target really computes: ``channels`` padded up to a multiple of ``alignment``."""
+    return -(-channels // alignment) * alignment
+
+
+class _Axis:
+    """Sorted measured channel counts of one table dimension, with interpolation weights."""
+
+    def __init__(self, values):
+        self.values = sorted(set(values))
+
+    def locate(self, c: int, alignment: int) -> list[tuple[int, float]]:
+        """[(index, weight)] of the grid points whose weighted sum gives channel count ``c``."""
+        vals = self.values
+        if c not in vals:  # a count the table measured exactly needs no padding (e.g. 3 input channels)
+            c = staircase(c, alignment)
+        if len(vals) == 1 or c == vals[0]:
+            return [(0, c / vals[0])] if c != vals[0] else [(0, 1.0)]
+        if c <= vals[0]:  # below the grid: latency shrinks at most linearly with channels
+            return [(0, c / vals[0])]
+        if c >= vals[-1]:
+            return [(len(vals) - 1, c / vals[-1])]
+        hi = bisect.bisect_left(vals, c)
+        if vals[hi] == c:
+            return [(hi, 1.0)]
+        lo = hi - 1
+        t = (c - vals[lo]) / (vals[hi] - vals[lo])
+        return [(lo, 1.0 - t), (hi, t)]
+
+
+class _Family:
+    """A table family: latency (ms) on a rectangular grid of (cin, cout), or of channels for depthwise."""
+
+    def __init__(self, key: FamilyKey, entries, where: str):
+        self.key = key
+        self.depthwise = key.groups == "dw"
+        self.cin = _Axis(e.signature.cin for e in entries)
+        self.cout = _Axis(e.signature.cout for e in entries)
+        self.grid = {(e.signature.cin, e.signature.cout): e.mean_ms for e in entries}
+        if not self.depthwise:
+            missing = [(i, o) for i in self.cin.values for o in self.cout.values if (i, o) not in self.grid]
+            if missing:
+                raise UserError(
+                    f"hardware profile {where}: table family {key.describe()} is not a full grid: "
+                    f"(cin, cout) = {missing[0]} is missing; re-measure it with `autoprune profile measure`"
+                )
+
+    def lookup(self, cin: int, cout: int, alignment: int) -> float:
+        if self.depthwise:
+            return sum(w * self.grid[(self.cout.values[j],) * 2] for j, w in self.cout.locate(cout, alignment))
+        total = 0.0
+        for i, wi in self.cin.locate(cin, alignment):
+            for j, wo in self.cout.locate(cout, alignment):
+                total += wi * wo * self.grid[(self.cin.values[i], self.cout.values[j])]
+        return total
+
+
+class CostModel:
+    """Predicts plan latencies on one target from its profile. Arithmetic only; no model is built."""
+
+    def __init__(self, profile: HardwareProfile, use_calibration: bool = True):
+        self.profile = profile
+        self.use_calibration = use_calibration
+        self._families: dict[FamilyKey, _Family] = {}
+        if profile.latency_model == "table":
+            by_family: dict[FamilyKey, list] = {}
+            for entry in profile.entries:
+                by_family.setdefault(entry.signature.family, []).append(entry)
+            self._families = {k: _Family(k, v, profile.path or profile.name) for k, v in by_family.items()}
+
+    # --- per-layer cost --------------------------------------------------------------------------------------
+    def layer_ms(self, sig: LayerSignature, model: str = "", input_shape=None) -> float:
+        """Latency (ms) of one layer of signature ``sig`` on the target, before calibration."""
+        if self.profile.latency_model == "roofline":
+            return roofline_ms(sig, self.profile)
+        family = self._families.get(sig.family)
+        if family is None:
+            raise self._missing(sig, model, input_shape)
+        return family.lookup(sig.cin, sig.cout, self.profile.alignment)
+
+    def _missing(self, sig: LayerSignature, model: str, input_shape) -> UserError:
+        shape = "x".join(map(str, input_shape)) if input_shape else "1x3xHxW"
+        return UserError(
+            f"target {self.profile.name!r} has no latency table entries for {sig.family.describe()} "
+            f"(layer shape {sig.key()}); its table was measured for other layers or another input size. "
+            f"Measure them on the device: `autoprune profile measure --model {model or 'M'} --input-shape {shape} "
+            f"--out {self.profile.path.strip(chr(39)) or 'hardware_profiles/NAME.yaml'}`"
+        )
+
+    def covers(self, space: SearchSpace) -> bool:
+        """Whether every layer family of ``space`` is in the profile (always true for analytic profiles)."""
+        if self.profile.latency_model == "roofline":
+            return True
+        dtype = self.profile.precision
+        from autoprune.hardware.signature import dense_signature
+
+        return all(dense_signature(layer, dtype).family in self._families for layer in space.layers)
+
+    # --- whole plan ------------------------------------------------------------------------------------------
+    def predict(self, space: SearchSpace, plan: PruningPlan) -> LatencyEstimate:
+        """Predicted latency of ``space``'s model pruned by ``plan`` on this target, with its parts."""
+        profile = self.profile
+        channels = space.group_channels()
+        sparsity = _plan_mapping(plan, "sparsity")
+        nm = _plan_mapping(plan, "nm")
+        rows: list[tuple[str, float]] = []
+        macs = params = 0
+        notes: list[str] = []
+        if sparsity and not profile.unstructured_sparsity:
+            notes.append("unstructured sparsity gives no latency gain on this dense target")
+        for layer in space.layers:
+            sig = pruned_signature(layer, plan, channels, profile.precision)
+            ms = self.layer_ms(sig, space.model, space.input_shape)
+            if layer.name in nm:
+                support = _nm_support(profile.nm, nm[layer.name], sig)
+                if support is not None:
+                    ms /= support.speedup
+            rows.append((layer.name, ms))
+            macs += sig.macs
+            layer_params = sig.params
+            density = 1.0 - float(sparsity.get(layer.name, 0.0))
+            params += round(layer_params * density)
+        calibration = profile.calibration.get(model_key(space.model, space.input_shape))
+        calibrated = calibration is not None and self.use_calibration
+        if calibrated:
+            rows = [(n, calibration.a * ms) for n, ms in rows]
+            rows.append((OFFSET_ROW, calibration.b))
+        total = math.fsum(ms for _, ms in rows)
+        source = profile.provenance_source
+        if calibrated:
+            source += f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms ({calibration.source})"
+        elif profile.latency_model == "table":
+            source += "; no per-model calibration (sum of isolated layers)"
+        return LatencyEstimate(
+            latency_ms=total, provenance=profile.provenance, source=source, per_layer=tuple(rows),
+            target=profile.name, calibrated=calibrated, macs=macs, params=params,
+            size_mb=params * BYTES.get(profile.precision, 4) / 1e6,
+            validation=profile.validation.get(model_key(space.model, space.input_shape)), notes=tuple(notes),
+        )
+
+    def layer_sum_ms(self, space: SearchSpace, plan: PruningPlan) -> float:
+        """Uncalibrated sum of the layer latencies (the quantity calibration is fitted on)."""
+        channels = space.group_channels()
+        return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, self.profile.precision),
+                                       space.model, space.input_shape) for layer in space.layers)
+
+
+def _plan_mapping(plan: PruningPlan, name: str) -> Mapping:
+    # Plans gain per-layer ``sparsity`` and ``nm`` entries in a later version; older plans have neither.
+    value = getattr(plan, name, None)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _nm_support(supported: tuple[NMSupport, ...], requested, sig: LayerSignature) -> NMSupport | None:
+    pattern = requested if isinstance(requested, str) else ":".join(str(int(x)) for x in requested)
+    for support in supported:
+        if support.pattern != pattern:
+            continue
+        if sig.groups > 1 and not support.grouped:
+            return None
+        if min(sig.cin, sig.cout) >= support.min_channels:
+            return support
+    return None
+
+
+def roofline_ms(sig: LayerSignature, profile: HardwareProfile) -> float:
+    """Analytic latency (ms) of one layer: max(compute, memory) + fixed cost, on aligned channel counts."""
+    r = profile.roofline
+    align = profile.alignment
+    cin = sig.cin if sig.cin <= 4 else staircase(sig.cin, align)  # RGB input is not padded to a tensor-core tile
+    cout = staircase(sig.cout, align)
+    padded = sig.with_channels(cin, cout) if not sig.depthwise else sig.with_channels(cout, cout)
+    oh, ow = padded.out_hw
+    flops = 2.0 * padded.macs
+    elements = padded.cin * sig.in_h * sig.in_w + padded.cout * oh * ow + padded.params
+    compute_ms = flops / (r.peak_gflops * 1e9 * r.efficiency) * 1e3
+    memory_ms = elements * r.bytes_per_element / (r.bandwidth_gbs * 1e9) * 1e3
+    return max(compute_ms, memory_ms) + r.fixed_ms_per_layer

@@ -1,0 +1,199 @@
+"""Time ONNX models on a device: needs only the standard library, numpy and onnxruntime (or ``trtexec``).
+
+This module must not import torch or the rest of autoprune: ``autoprune profile export`` copies it next to the
+exported layer micro-models as ``run_profile.py`` so that a device without torch (a Jetson) can run
+
+    python3 run_profile.py DIR [--backend onnxruntime|tensorrt] [--threads 1]
+
+and write ``DIR/results.json`` for ``autoprune profile import``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+RESULTS = "results.json"
+
+
+def robust_stats(samples_ms: list[float]) -> dict:
+    """Mean, std and count of the samples left after rejecting outliers (median ± 3 scaled MADs), and the median.
+
+    On a shared machine other processes preempt some runs; those land far above the median and are dropped
+    rather than dragging the mean.
+    """
+    if not samples_ms:
+        raise ValueError("no samples")
+    med = statistics.median(samples_ms)
+    mad = statistics.median(abs(s - med) for s in samples_ms) * 1.4826
+    limit = 3.0 * mad if mad > 0 else 0.0
+    kept = [s for s in samples_ms if abs(s - med) <= limit] if limit > 0 else list(samples_ms)
+    kept = kept or [med]
+    mean = statistics.fmean(kept)
+    std = statistics.stdev(kept) if len(kept) > 1 else 0.0
+    return {"mean_ms": mean, "std_ms": std, "n": len(kept), "median_ms": med,
+            "rejected": len(samples_ms) - len(kept)}
+
+
+def ort_session(path_or_bytes, threads: int = 1, provider: str = "CPUExecutionProvider"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(source, options, providers=[provider])
+
+
+def time_ort(path_or_bytes, input_shape, threads: int = 1, warmup: int = 20, repeats: int = 100,
+             provider: str = "CPUExecutionProvider") -> dict:
+    """Per-call latency samples (ms) of one onnxruntime session run on a random input of ``input_shape``."""
+    import numpy as np
+
+    session = ort_session(path_or_bytes, threads, provider)
+    name = session.get_inputs()[0].name
+    feed = {name: np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    samples = []
+    clock = time.perf_counter
+    for _ in range(repeats):
+        start = clock()
+        session.run(None, feed)
+        samples.append((clock() - start) * 1e3)
+    return robust_stats(samples)
+
+
+def time_trtexec(onnx_path: Path, precision: str = "fp16", warmup_ms: int = 200, iterations: int = 200,
+                 trtexec: str | None = None) -> dict:
+    """Latency of an ONNX model built and timed by TensorRT's ``trtexec`` (GPU compute time per inference, ms)."""
+    exe = trtexec or shutil.which("trtexec") or _jetson_trtexec()
+    if exe is None:
+        raise RuntimeError("trtexec not found on PATH (on a Jetson it is /usr/src/tensorrt/bin/trtexec); "
+                           "install TensorRT or use --backend onnxruntime")
+    with tempfile.TemporaryDirectory() as tmp:
+        times_path = Path(tmp) / "times.json"
+        cmd = [exe, f"--onnx={onnx_path}", f"--warmUp={warmup_ms}", f"--iterations={iterations}", "--duration=0",
+               "--avgRuns=1", f"--exportTimes={times_path}"]
+        if precision == "fp16":
+            cmd.append("--fp16")
+        elif precision == "int8":
+            cmd.append("--int8")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not times_path.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"trtexec failed on {onnx_path}: {' | '.join(tail)}")
+        records = json.loads(times_path.read_text())
+    # Each record holds one inference's timings; "computeMs" is the GPU time without host transfers.
+    samples = [float(r.get("computeMs", r.get("latencyMs"))) for r in records]
+    return robust_stats(samples)
+
+
+def _jetson_trtexec() -> str | None:
+    candidate = Path("/usr/src/tensorrt/bin/trtexec")
+    return str(candidate) if candidate.is_file() else None
+
+
+def software_versions(backend: str) -> dict:
+    versions = {"python": platform.python_version()}
+    try:
+        import numpy
+
+        versions["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    elif backend == "tensorrt":
+        exe = shutil.which("trtexec") or _jetson_trtexec()
+        if exe:
+            out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False).stdout
+            match = re.search(r"TensorRT\.trtexec \[TensorRT v(\d+)\]", out)
+            versions["tensorrt"] = match.group(1) if match else "unknown"
+    return versions
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()})"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def run_manifest(folder: Path, backend: str = "onnxruntime", threads: int | None = None,
+                 progress=None) -> Path:
+    """Time every micro-model listed in ``folder/manifest.json``; write ``folder/results.json``; return its path."""
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    threads = int(threads if threads is not None else manifest.get("threads", 1))
+    warmup, repeats = int(manifest.get("warmup", 20)), int(manifest.get("repeats", 100))
+    precision = manifest.get("precision", "fp32")
+    results = []
+    baseline = None
+    if backend == "onnxruntime" and manifest.get("overhead_model"):
+        baseline = time_ort(folder / manifest["overhead_model"], manifest["overhead_input_shape"], threads,
+                            warmup, repeats)
+    for i, item in enumerate(manifest["entries"]):
+        path = folder / item["file"]
+        if backend == "onnxruntime":
+            stats = time_ort(path, item["input_shape"], threads, warmup, repeats)
+        elif backend == "tensorrt":
+            stats = time_trtexec(path, precision)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use onnxruntime or tensorrt")
+        results.append({"signature": item["signature"], **stats})
+        if progress is not None:
+            progress(i + 1, len(manifest["entries"]))
+    out = {
+        "backend": backend, "threads": threads, "precision": precision, "device": machine_description(),
+        "software": software_versions(backend), "date": now(), "warmup": warmup, "repeats": repeats,
+        "call_overhead_ms": baseline["median_ms"] if baseline else 0.0, "results": results,
+    }
+    target = folder / RESULTS
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, target)  # a crash never leaves a half-written results file
+    return target
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Time exported layer micro-models on this device.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    done = lambda i, n: print(f"\r{i}/{n}", end="", file=sys.stderr, flush=True)  # noqa: E731
+    path = run_manifest(args.folder, args.backend, args.threads, done)
+    print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
