@@ -46,6 +46,14 @@ class BaselineSpec:
             "weights": self.weights,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "BaselineSpec":
+        return cls(
+            model=data["model"], data=data["data"], input_shape=tuple(data["input_shape"]),
+            num_classes=int(data["num_classes"]), seed=int(data["seed"]), recipe=TrainRecipe(**data["recipe"]),
+            weights=data.get("weights"),
+        )
+
     def cache_key(self) -> str:
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.model}-{digest}"

@@ -28,7 +28,7 @@ from autoprune.pruning import generate_space, model_stats
 from autoprune.search.evaluator import CandidateResult, Evaluator, EvaluatorSettings
 from autoprune.search.records import STUDY_ATTR, TrialRecord, completed_records, pareto_records
 from autoprune.search.strategies import create_strategy
-from autoprune.training import NonFiniteLoss, TrainRecipe
+from autoprune.training import NonFiniteLoss, TrainRecipe, evaluate
 
 MAX_CONSECUTIVE_FAILURES = 5
 # Settings that must match for trials to be comparable; a study created with others is refused.
@@ -161,15 +161,18 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
         space = space.with_overrides(Path(config.space_file))
     cost_model = CostModel(profile)
     dense_latency = cost_model.predict(space, PruningPlan(alignment=space.alignment))
+    dense_eval = evaluate(baseline.model, data.loader("val", 256, config.seed, shuffle=False), data.num_classes)
     dense = {
-        "accuracy": baseline.accuracy,
+        "accuracy": dense_eval.accuracy,
+        "per_class_accuracy": list(dense_eval.per_class_accuracy),
+        "class_names": list(data.class_names),
         "latency_ms": dense_latency.latency_ms,
         "latency_provenance": dense_latency.provenance,
         "latency_source": dense_latency.source,
         "source": baseline.source,
         **model_stats(baseline.model, config.input_shape).to_dict(),
     }
-    _claim_study(study, config, profile, dense, space)
+    _claim_study(study, config, profile, dense, space, spec)
     evaluator = Evaluator(
         baseline.model, data, space, cost_model,
         EvaluatorSettings(finetune_steps=config.finetune_steps, seed=config.seed),
@@ -223,7 +226,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage | str:
     return url
 
 
-def _claim_study(study: optuna.Study, config: SearchConfig, profile, dense: dict, space) -> None:
+def _claim_study(study: optuna.Study, config: SearchConfig, profile, dense: dict, space, baseline_spec) -> None:
     """Record what this study is about, or refuse to add trials of another model/target/data to it."""
     identity = {
         "model": config.model, "target": profile.name, "data": config.data,
@@ -246,6 +249,8 @@ def _claim_study(study: optuna.Study, config: SearchConfig, profile, dense: dict
             "alignment": space.alignment,
             "groups": [{"name": g.name, "channels": g.channels} for g in space.groups],
             "baseline": dense,
+            "baseline_spec": baseline_spec.to_dict(),
+            "config": config.to_dict(),
         },
     )
 
