@@ -35,8 +35,24 @@ def _debug() -> bool:
     return os.environ.get("AUTOPRUNE_DEBUG", "") not in ("", "0")
 
 
+def _quiet_libraries() -> None:
+    """Libraries' own chatter (Optuna's per-trial log, deprecation notes) would drown autoprune's progress."""
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    if not _debug():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    _quiet_libraries()
     try:
         result = app(args=argv, standalone_mode=False)
         return int(result or 0)
