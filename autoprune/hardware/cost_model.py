@@ -29,7 +29,8 @@ class LatencyEstimate:
     """A predicted latency (ms) with where it comes from, and the per-layer parts it is the sum of.
 
     ``per_layer`` rows sum exactly to ``latency_ms`` (a calibration offset, if any, is its own row).
-    ``macs`` and ``params`` are for batch 1; ``size_mb`` is the weights at the target's precision.
+    ``macs`` are for batch 1; ``params`` counts nonzero weights of conv/linear layers (BN folded into bias);
+    ``size_mb`` is those nonzero weights at the target's precision (sparse-format index overhead ignored).
     """
 
     latency_ms: float
@@ -158,25 +159,37 @@ class CostModel:
         """Predicted latency of ``space``'s model pruned by ``plan`` on this target, with its parts."""
         profile = self.profile
         channels = space.group_channels()
-        sparsity = _plan_mapping(plan, "sparsity")
+        sparsity = dict(_plan_mapping(plan, "layer_sparsity"))
+        global_sparsity = float(getattr(plan, "global_sparsity", 0.0) or 0.0)
         nm = _plan_mapping(plan, "nm")
         rows: list[tuple[str, float]] = []
         macs = params = 0
         notes: list[str] = []
-        if sparsity and not profile.unstructured_sparsity:
-            notes.append("unstructured sparsity gives no latency gain on this dense target")
+        if (global_sparsity > 0 or any(v > 0 for v in sparsity.values())) and not profile.unstructured_sparsity:
+            notes.append("unstructured sparsity gives no latency gain on this dense target (size shrinks only "
+                         "if stored sparse)")
+        nm_gain = nm_asked = 0
         for layer in space.layers:
             sig = pruned_signature(layer, plan, channels, profile.precision)
             ms = self.layer_ms(sig, space.model, space.input_shape)
-            if layer.name in nm:
-                support = _nm_support(profile.nm, nm[layer.name], sig)
+            pattern = nm.get(layer.name, nm.get("*"))
+            if pattern is not None:
+                nm_asked += 1
+                support = _nm_support(profile.nm, pattern, sig)
                 if support is not None:
                     ms /= support.speedup
+                    nm_gain += 1
             rows.append((layer.name, ms))
             macs += sig.macs
-            layer_params = sig.params
-            density = 1.0 - float(sparsity.get(layer.name, 0.0))
-            params += round(layer_params * density)
+            # Nonzero weights; a global sparsity is spread evenly here (its real split depends on the weights).
+            density = 1.0 - max(float(sparsity.get(layer.name, 0.0)), global_sparsity)
+            if pattern is not None:
+                n, m = (int(x) for x in str(pattern).split(":"))
+                density = min(density, n / m)
+            params += round(sig.params * density)
+        if nm_asked and nm_gain < nm_asked:
+            notes.append(f"N:M sparsity speeds up {nm_gain} of {nm_asked} layers on this target "
+                         f"({'no N:M support' if not profile.nm else 'others are too small or grouped'})")
         calibration = profile.calibration.get(model_key(space.model, space.input_shape))
         calibrated = calibration is not None and self.use_calibration
         if calibrated:
@@ -209,7 +222,7 @@ def _plan_mapping(plan: PruningPlan, name: str) -> Mapping:
 
 
 def _nm_support(supported: tuple[NMSupport, ...], requested, sig: LayerSignature) -> NMSupport | None:
-    pattern = requested if isinstance(requested, str) else ":".join(str(int(x)) for x in requested)
+    pattern = str(requested).replace(" ", "")
     for support in supported:
         if support.pattern != pattern:
             continue

@@ -171,10 +171,19 @@ def run_manifest(folder: Path, backend: str = "onnxruntime", threads: int | None
         results.append({"signature": item["signature"], **stats})
         if progress is not None:
             progress(i + 1, len(manifest["entries"]))
+    models = []
+    for item in manifest.get("models", []):
+        path = folder / item["file"]
+        if backend == "onnxruntime":
+            stats = time_ort(path, item["input_shape"], threads, warmup, max(repeats, 200))
+        else:
+            stats = time_trtexec(path, precision)
+        models.append({"plan": item["plan"], **stats})
     out = {
         "backend": backend, "threads": threads, "precision": precision, "device": machine_description(),
         "software": software_versions(backend), "date": now(), "warmup": warmup, "repeats": repeats,
         "call_overhead_ms": baseline["median_ms"] if baseline else 0.0, "results": results,
+        "models": models,
     }
     target = folder / RESULTS
     tmp = target.with_suffix(".json.tmp")

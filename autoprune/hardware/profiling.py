@@ -1,0 +1,373 @@
+"""Fill, calibrate and validate a latency profile on this machine (or via an exported bundle on a device).
+
+- :func:`signature_grid`: every layer family a search space can produce, each on a grid of channel counts at
+  the target's alignment step (subsampled to at most ``max_points`` per axis; the cost model interpolates).
+- :func:`measure_table`: times one micro-model (conv+ReLU or linear) per signature.
+- :func:`calibrate`: fits ``latency = a * sum(layers) + b`` on a few whole-model measurements.
+- :func:`validate`: measures random plans end to end and scores the predictions (MAPE, ±5/±10%, Kendall tau).
+- :func:`export_bundle` / :func:`import_results`: the same measurement split between a host with torch and a
+  device with only onnxruntime + numpy (or TensorRT's ``trtexec``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.hardware import device_runner as runner
+from autoprune.hardware.cost_model import CostModel
+from autoprune.hardware.measure import RUNTIME_OF_BACKEND, Timing, backend, measure_model_latency, pinned
+from autoprune.hardware.profile import Calibration, HardwareProfile, LatencyEntry, Validation, today
+from autoprune.hardware.signature import LayerSignature, model_key, pruned_signature
+from autoprune.onnx_export import export_onnx
+from autoprune.plan import PruningPlan
+from autoprune.pruning.space import SearchSpace
+
+Progress = Callable[[int, int], None]
+
+
+# --- what to measure ---------------------------------------------------------------------------------------------
+def ratio_grid(min_keep: float, step: float) -> list[float]:
+    """Keep ratios a search may pick for a group: ``min_keep`` to 1 by ``step`` (1 included)."""
+    count = int(math.floor((1.0 - min_keep) / step + 1e-9))
+    return sorted({round(min_keep + i * step, 6) for i in range(count + 1)} | {1.0})
+
+
+def _subsample(values: Iterable[int], max_points: int) -> list[int]:
+    values = sorted(set(values))
+    if len(values) <= max_points:
+        return values
+    picks = np.linspace(0, len(values) - 1, max_points).round().astype(int)
+    return sorted({values[i] for i in picks})
+
+
+def signature_grid(space: SearchSpace, alignment: int, dtype: str = "fp32", max_points: int = 13) -> list[LayerSignature]:
+    """Signatures to measure so that every plan over ``space`` (at ``alignment``) is covered by interpolation."""
+    ratios = {g.name: ratio_grid(g.min_keep, g.step) for g in space.groups}
+    channels = space.group_channels()
+    axes: dict = {}  # family -> (cin values, cout values, template signature)
+    for layer in space.layers:
+        in_r = ratios.get(layer.in_group, [1.0]) if layer.in_group else [1.0]
+        out_r = ratios.get(layer.out_group, [1.0]) if layer.out_group else [1.0]
+        same = layer.in_group is not None and layer.in_group == layer.out_group
+        for ri in in_r:
+            for ro in ([ri] if same else out_r):
+                keep = {}
+                if layer.in_group:
+                    keep[layer.in_group] = ri
+                if layer.out_group:
+                    keep[layer.out_group] = ro
+                sig = pruned_signature(layer, PruningPlan(keep_ratios=keep, alignment=alignment), channels, dtype)
+                cins, couts, _ = axes.setdefault(sig.family, (set(), set(), sig))
+                cins.add(sig.cin)
+                couts.add(sig.cout)
+    signatures = []
+    for family, (cins, couts, template) in axes.items():
+        couts = _subsample(couts, max_points)
+        if family.groups == "dw":
+            signatures += [template.with_channels(c, c) for c in couts]
+            continue
+        for cin in _subsample(cins, max_points):
+            signatures += [template.with_channels(cin, cout) for cout in couts]
+    return signatures
+
+
+def micro_model(sig: LayerSignature) -> tuple[nn.Module, tuple[int, ...]]:
+    """The one-layer model whose latency stands for ``sig``, and its input shape (batch 1).
+
+    A conv carries a bias and a ReLU because at inference BatchNorm folds into the bias and the runtime fuses
+    the activation into the convolution, as it does in the whole model.
+    """
+    torch.manual_seed(0)
+    if sig.op == "linear":
+        layer = nn.Linear(sig.cin, sig.cout)
+        shape = (1, sig.cin) if sig.in_h * sig.in_w == 1 else (1, sig.in_h * sig.in_w, sig.cin)
+        return layer.eval(), shape
+    conv = nn.Conv2d(sig.cin, sig.cout, sig.kernel, sig.stride, sig.padding, groups=sig.groups, bias=True)
+    return nn.Sequential(conv, nn.ReLU()).eval(), (1, sig.cin, sig.in_h, sig.in_w)
+
+
+def _overhead_model() -> tuple[nn.Module, tuple[int, ...]]:
+    # The cheapest graph there is: what one runtime call costs regardless of the layer in it.
+    return nn.Sequential(nn.ReLU()).eval(), (1, 1, 1, 1)
+
+
+# --- measuring a table on this machine ---------------------------------------------------------------------------
+def measure_table(signatures: list[LayerSignature], backend_name: str = "onnxruntime", threads: int = 1,
+                  timing: Timing = Timing(20, 100), progress: Progress | None = None,
+                  pin_cpu: int | None = None) -> tuple[list[LatencyEntry], float]:
+    """Time each signature's micro-model; return entries (ms, call overhead subtracted) and that overhead (ms).
+
+    The per-call overhead of the runtime (measured on a one-op graph) is subtracted from every entry so the
+    table holds what a layer adds inside a whole model, where there is one call for all layers.
+    """
+    run = backend(backend_name)
+    with pinned(pin_cpu):
+        model, shape = _overhead_model()
+        overhead = run(model, shape, threads, timing)["median_ms"] if backend_name != "tensorrt" else 0.0
+        entries = []
+        for i, sig in enumerate(signatures):
+            model, shape = micro_model(sig)
+            stats = run(model, shape, threads, timing)
+            entries.append(LatencyEntry(sig, max(stats["mean_ms"] - overhead, 0.0), stats["std_ms"], stats["n"]))
+            if progress is not None:
+                progress(i + 1, len(signatures))
+    return entries, overhead
+
+
+def default_alignment(backend_name: str, precision: str) -> int:
+    """Channel padding of the runtime: onnxruntime CPU blocks channels by 16 (AVX-512) or 8 (AVX2) in its
+    NCHWc kernels; TensorRT pads to 8 for FP16 and 32 for INT8 tensor-core tiles; eager PyTorch does not pad."""
+    if backend_name == "tensorrt":
+        return 32 if precision == "int8" else 8
+    if backend_name == "torch":
+        return 1
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if " avx512f" in flags else 8
+
+
+def merge_entries(old: Iterable[LatencyEntry], new: Iterable[LatencyEntry]) -> tuple[LatencyEntry, ...]:
+    """Entries of ``old`` and ``new``; a signature in both takes the new measurement."""
+    merged = {e.signature: e for e in old}
+    merged.update({e.signature: e for e in new})
+    return tuple(merged.values())
+
+
+def host_profile(name: str, entries, overhead_ms: float, backend_name: str, threads: int, alignment: int,
+                 timing: Timing, base: HardwareProfile | None = None, device: str | None = None,
+                 software: dict | None = None, date: str | None = None, source: str | None = None) -> HardwareProfile:
+    """A measured table profile, or ``base`` with the new entries merged in."""
+    date = date or today()
+    device = device or runner.machine_description()
+    software = software or {**runner.software_versions("onnxruntime" if backend_name == "onnxruntime" else backend_name),
+                            "torch": torch.__version__}
+    method = (f"{backend_name}, {threads} thread(s), batch 1, {timing.warmup} warm-up + {timing.repeats} timed runs "
+              f"per signature, outliers beyond median ± 3 MAD rejected; entries = mean per-call latency minus "
+              f"call_overhead_ms (one-op graph)")
+    source = source or f"measured with `autoprune profile measure` on {device}, {date}"
+    caveats = ("measured on a machine shared with other processes: figures carry load noise; medians and MAD "
+               "outlier rejection limit it, the per-model calibration and validation block quantify it",)
+    if base is not None:
+        return replace(base, entries=merge_entries(base.entries, entries), date=date, call_overhead_ms=overhead_ms,
+                       measure_method=method, provenance="measured", provenance_source=source,
+                       software={**base.software, **software})
+    return HardwareProfile(
+        name=name, device=device, runtime=RUNTIME_OF_BACKEND[backend_name], precision="fp32", batch=1,
+        threads=threads, date=date, provenance="measured", provenance_source=source, alignment=alignment,
+        latency_model="table", entries=tuple(entries), call_overhead_ms=overhead_ms, measure_method=method,
+        execution_provider="CPUExecutionProvider" if backend_name == "onnxruntime" else "",
+        software=software, caveats=caveats,
+    )
+
+
+# --- whole models: calibration and validation ---------------------------------------------------------------------
+def random_plans(space: SearchSpace, count: int, seed: int, alignment: int) -> list[PruningPlan]:
+    """``count`` random plans spread over the whole latency range, as a search visits it.
+
+    Each plan draws an overall keep level, uniform in [min_keep, 1], and each group's ratio scatters around it
+    (± 0.15); independent uniform ratios alone would all land near the middle of the range.
+    """
+    rng = random.Random(seed)
+    plans = []
+    for _ in range(count):
+        level = rng.uniform(min(g.min_keep for g in space.groups), 1.0)
+        keep = {}
+        for g in space.groups:
+            grid = ratio_grid(g.min_keep, g.step)
+            wanted = min(1.0, max(g.min_keep, level + rng.uniform(-0.15, 0.15)))
+            keep[g.name] = min(grid, key=lambda r: abs(r - wanted))
+        plans.append(PruningPlan(keep_ratios=keep, alignment=alignment))
+    return plans
+
+
+def build_pruned(space: SearchSpace, plan: PruningPlan) -> nn.Module:
+    """The model of ``space`` (random weights) pruned by ``plan``: what a measurement of the plan runs."""
+    from autoprune.models import create_model
+    from autoprune.pruning.structured import apply_plan
+
+    classes = space.layers[-1].out_channels if space.layers and space.layers[-1].op == "linear" else 1000
+    model = create_model(space.model, classes).eval()
+    return apply_plan(model, plan, torch.zeros(space.input_shape))
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms)."""
+
+    plan: PruningPlan
+    layer_sum_ms: float
+    predicted_ms: float
+    measured_ms: float
+
+
+def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],
+                  timing: Timing = Timing(30, 300), progress: Progress | None = None,
+                  pin_cpu: int | None = None) -> list[PlanPoint]:
+    """Predict and measure (onnxruntime, the profile's thread count) each plan."""
+    model = CostModel(profile)
+    points = []
+    for i, plan in enumerate(plans):
+        pruned = build_pruned(space, plan)
+        measured = measure_model_latency(pruned, space.input_shape, max(profile.threads, 1), timing.warmup,
+                                         timing.repeats, pin_cpu=pin_cpu)
+        # The median resists the bursts of a shared machine better than any mean.
+        points.append(PlanPoint(plan, model.layer_sum_ms(space, plan), model.predict(space, plan).latency_ms,
+                                measured.median_ms))
+        if progress is not None:
+            progress(i + 1, len(plans))
+    return points
+
+
+def fit_calibration(points: list[PlanPoint], source: str) -> Calibration:
+    """Least-squares ``measured = a * layer_sum + b`` over whole-model measurements."""
+    x = np.array([p.layer_sum_ms for p in points])
+    y = np.array([p.measured_ms for p in points])
+    if len(points) < 2 or np.ptp(x) <= 0:
+        a, b = float(y.mean() / x.mean()), 0.0
+    else:
+        a, b = (float(v) for v in np.polyfit(x, y, 1))
+    if a <= 0:
+        raise UserError("calibration failed: measured latency does not grow with the table's layer sum; "
+                        "re-measure on a quieter machine")
+    residual = float(np.sqrt(np.mean((a * x + b - y) ** 2)))
+    return Calibration(round(a, 6), round(b, 6), len(points), source, today(), round(residual, 6))
+
+
+def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 8, seed: int = 0,
+              progress: Progress | None = None, pin_cpu: int | None = None) -> HardwareProfile:
+    """``profile`` with a per-model calibration fitted on the dense model and ``points - 1`` random plans."""
+    plans = [PruningPlan(alignment=profile.alignment)] + random_plans(space, points - 1, seed, profile.alignment)
+    measured = measure_plans(replace(profile, calibration={}), space, plans, progress=progress, pin_cpu=pin_cpu)
+    source = f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random plans, seed {seed})"
+    key = model_key(space.model, space.input_shape)
+    return replace(profile, calibration={**profile.calibration, key: fit_calibration(measured, source)})
+
+
+def kendall_tau(a, b) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def score(points: list[PlanPoint], command: str = "", note: str = "") -> Validation:
+    """Prediction error over measured plans: MAPE (%), share within ±5% / ±10% (%), Kendall tau."""
+    pred = np.array([p.predicted_ms for p in points])
+    meas = np.array([p.measured_ms for p in points])
+    err = np.abs(pred - meas) / meas
+    return Validation(
+        samples=len(points), mape_pct=round(float(err.mean() * 100), 3),
+        within_5_pct=round(float((err <= 0.05).mean() * 100), 2),
+        within_10_pct=round(float((err <= 0.10).mean() * 100), 2),
+        kendall_tau=round(kendall_tau(pred, meas), 4), date=today(), machine=runner.machine_description(),
+        command=command, note=note, measured_range_ms=(round(float(meas.min()), 5), round(float(meas.max()), 5)),
+    )
+
+
+def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, seed: int = 1000,
+             progress: Progress | None = None, command: str = "",
+             pin_cpu: int | None = None) -> tuple[HardwareProfile, Validation, list[PlanPoint]]:
+    """Measure ``samples`` random plans (seed distinct from calibration's) and store the score in the profile."""
+    if profile.runtime != "onnxruntime":
+        raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
+                        "onnxruntime on this machine, so it can only validate onnxruntime CPU profiles here")
+    plans = random_plans(space, samples, seed, profile.alignment)
+    points = measure_plans(profile, space, plans, progress=progress, pin_cpu=pin_cpu)
+    key = model_key(space.model, space.input_shape)
+    calibrated = key in profile.calibration
+    result = replace(score(points, command, "random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
+                           "measured = median of 300 onnxruntime runs"), calibrated=calibrated)
+    return replace(profile, validation={**profile.validation, key: result}), result, points
+
+
+# --- the host/device split ---------------------------------------------------------------------------------------
+def export_bundle(space: SearchSpace, folder: Path, alignment: int, precision: str = "fp32", threads: int = 1,
+                  timing: Timing = Timing(20, 100), max_points: int = 13, calibration_plans: int = 8,
+                  progress: Progress | None = None) -> Path:
+    """Write layer micro-models, whole-model calibration plans, ``manifest.json`` and ``run_profile.py``."""
+    folder = Path(folder)
+    (folder / "layers").mkdir(parents=True, exist_ok=True)
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    sigs = signature_grid(space, alignment, precision, max_points)
+    plans = [PruningPlan(alignment=alignment)] + random_plans(space, calibration_plans - 1, 0, alignment)
+    total = len(sigs) + len(plans) + 1
+    entries = []
+    for i, sig in enumerate(sigs):
+        model, shape = micro_model(sig)
+        path = f"layers/l{i:05d}.onnx"
+        export_onnx(model, shape, folder / path)
+        entries.append({"file": path, "signature": sig.to_dict(), "input_shape": list(shape)})
+        if progress:
+            progress(i + 1, total)
+    models = []
+    for j, plan in enumerate(plans):
+        path = f"models/plan{j:03d}.onnx"
+        export_onnx(build_pruned(space, plan), space.input_shape, folder / path)
+        models.append({"file": path, "plan": plan.to_dict(), "input_shape": list(space.input_shape)})
+        if progress:
+            progress(len(sigs) + j + 1, total)
+    overhead, shape = _overhead_model()
+    export_onnx(overhead, shape, folder / "overhead.onnx")
+    manifest = {
+        "schema": 1, "model": space.model, "input_shape": list(space.input_shape), "alignment": alignment,
+        "precision": precision, "threads": threads, "warmup": timing.warmup, "repeats": timing.repeats,
+        "overhead_model": "overhead.onnx", "overhead_input_shape": list(shape), "entries": entries,
+        "models": models, "space": space.to_dict(),
+    }
+    from autoprune.paths import atomic_write_json
+
+    atomic_write_json(folder / runner.MANIFEST, manifest)
+    shutil.copyfile(Path(runner.__file__), folder / "run_profile.py")
+    if progress:
+        progress(total, total)
+    return folder / runner.MANIFEST
+
+
+def import_results(results_path: Path, name: str, base: HardwareProfile | None = None,
+                   space: SearchSpace | None = None) -> HardwareProfile:
+    """A measured profile from a device's ``results.json`` (next to its ``manifest.json``), calibration included."""
+    results_path = Path(results_path)
+    if results_path.is_dir():
+        results_path = results_path / runner.RESULTS
+    if not results_path.is_file():
+        raise UserError(f"results file {str(results_path)!r} does not exist; run `autoprune profile run DIR` "
+                        "(or `python3 run_profile.py DIR`) on the device first")
+    try:
+        results = json.loads(results_path.read_text())
+        manifest = json.loads((results_path.parent / runner.MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {results_path} and its manifest.json: {err}") from err
+    entries = []
+    for r in results["results"]:
+        sig = LayerSignature(**{**r["signature"], "dtype": manifest["precision"]})
+        entries.append(LatencyEntry(sig, max(r["mean_ms"] - results.get("call_overhead_ms", 0.0), 0.0),
+                                    r["std_ms"], r["n"]))
+    backend_name = results["backend"]
+    timing = Timing(results.get("warmup", 20), results.get("repeats", 100))
+    profile = host_profile(
+        name, entries, results.get("call_overhead_ms", 0.0), backend_name, results["threads"],
+        manifest["alignment"], timing, base=base, device=results["device"], software=results["software"],
+        date=results["date"],
+        source=f"measured on {results['device']} with `autoprune profile run` ({backend_name}), {results['date']}",
+    )
+    profile = replace(profile, precision=manifest["precision"])
+    if results.get("models") and space is not None:
+        model = CostModel(replace(profile, calibration={}))
+        points = [PlanPoint(PruningPlan.from_dict(m["plan"]), model.layer_sum_ms(space, PruningPlan.from_dict(m["plan"])),
+                            0.0, m["median_ms"] - 0.0) for m in results["models"]]
+        calibration = fit_calibration(points, f"fitted on {len(points)} whole-model measurements on the device")
+        profile = replace(profile, calibration={**profile.calibration,
+                                                model_key(space.model, space.input_shape): calibration})
+    return profile
