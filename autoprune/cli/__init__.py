@@ -17,7 +17,7 @@ import typer
 from autoprune.errors import UserError
 
 # Command modules, each with ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES = ("autoprune.cli.search", "autoprune.cli.info")
+COMMAND_MODULES = ("autoprune.cli.search", "autoprune.cli.info", "autoprune.cli.hardware")
 
 app = typer.Typer(
     name="autoprune",
