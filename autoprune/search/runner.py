@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from autoprune.baseline import BaselineSpec, get_baseline
 from autoprune.data import load_data
-from autoprune.errors import UserError
+from autoprune.errors import UserError, unknown_choice
+from autoprune.models import available_models
 from autoprune.hardware import CostModel, load_profile
 from autoprune.paths import atomic_write_json
 from autoprune.plan import PruningPlan
@@ -58,6 +59,8 @@ class SearchConfig:
     space_file: str | None = None
 
     def __post_init__(self) -> None:
+        if self.model not in available_models():
+            raise unknown_choice("model", self.model, available_models(), "see `autoprune models`")
         if self.trials < 1:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
         if self.finetune_steps < 0:
@@ -143,7 +146,8 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
             "device; measure one with `autoprune profile measure` (see README)"
         )
         reporter.warn(warnings[-1])
-    study = _open_study(config)  # fail fast on a bad storage URL, before any training
+    study = _open_study(config)  # fail fast on a bad storage URL or a study of another model, before training
+    _check_identity(study, config, profile)
 
     reporter.stage(f"loading data {config.data}")
     data = load_data(config.data, tuple(config.input_shape[2:]), config.seed)
@@ -226,24 +230,33 @@ def open_storage(url: str) -> optuna.storages.BaseStorage | str:
     return url
 
 
-def _claim_study(study: optuna.Study, config: SearchConfig, profile, dense: dict, space, baseline_spec) -> None:
-    """Record what this study is about, or refuse to add trials of another model/target/data to it."""
-    identity = {
+def _identity(config: SearchConfig, profile) -> dict[str, Any]:
+    return {
         "model": config.model, "target": profile.name, "data": config.data,
         "input_shape": list(config.input_shape), "checkpoint": config.checkpoint, "weights": config.weights,
     }
+
+
+def _check_identity(study: optuna.Study, config: SearchConfig, profile) -> None:
+    """Refuse to add trials of another model/target/data to an existing study."""
     existing = study.user_attrs.get(STUDY_ATTR)
-    if existing:
-        for key in IDENTITY_FIELDS:
-            if existing.get(key) != identity.get(key):
-                raise UserError(
-                    f"study {config.study_name!r} holds trials for {key}={existing.get(key)!r}, not {identity.get(key)!r}; "
-                    "pass a new --study name (or --out) to start a separate search"
-                )
+    if not existing:
+        return
+    identity = _identity(config, profile)
+    for key in IDENTITY_FIELDS:
+        if existing.get(key) != identity.get(key):
+            raise UserError(
+                f"study {config.study_name!r} holds trials for {key}={existing.get(key)!r}, not {identity.get(key)!r}; "
+                "pass a new --study name (or --out) to start a separate search"
+            )
+
+
+def _claim_study(study: optuna.Study, config: SearchConfig, profile, dense: dict, space, baseline_spec) -> None:
+    """Record what this study is about (checked by :func:`_check_identity` on every later run)."""
     study.set_user_attr(
         STUDY_ATTR,
         {
-            **identity,
+            **_identity(config, profile),
             "profile_provenance": profile.provenance,
             "profile_source": profile.provenance_source,
             "alignment": space.alignment,

@@ -1,0 +1,137 @@
+"""The CLI end to end: a real tiny search, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.search.pareto import dominates
+
+TINY = ["--data", "digits", "--input-shape", "1x3x32x32", "--baseline-epochs", "1", "--finetune-steps", "3"]
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory):
+    """One real search (ResNet-18, 4 TPE trials, Jetson Nano profile) shared by the tests below."""
+    out = tmp_path_factory.mktemp("search")
+    code = main(["search", "--model", "resnet18", "--target", "jetson", *TINY, "--trials", "4", "--out", str(out),
+                 "--json"])
+    assert code == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_search_yields_real_non_dominated_front(tiny_search):
+    out, result = tiny_search
+    storage = result["storage"]
+    study = optuna.load_study(study_name=result["study"], storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    front = result["pareto"]
+    assert front, "a search must report at least one Pareto-optimal candidate"
+    points = [(t.user_attrs["accuracy"], t.user_attrs["latency_ms"]) for t in complete]
+    for candidate in front:
+        p = (candidate["accuracy"], candidate["latency_ms"])
+        assert not any(dominates(q, p) for q in points)
+        assert candidate["latency_provenance"] == "calibrated"
+    dense = result["baseline"]
+    # Pruned candidates are really smaller and predicted faster than the dense model.
+    assert all(c["params"] < dense["params"] for c in front)
+    assert all(c["latency_ms"] < dense["latency_ms"] for c in front)
+    assert all(c["speedup"] > 1.0 for c in front)
+    assert result["config"]["model"] == "resnet18"
+
+
+def test_json_output_matches_results_file(tiny_search, capsys):
+    out, result = tiny_search
+    # Same command again: the study is complete, so nothing is re-run and the same front is printed.
+    code, stdout, _ = run_cli(capsys, "search", "--model", "resnet18", "--target", "jetson", *TINY, "--trials", "4",
+                              "--out", str(out), "--json")
+    assert code == 0
+    again = json.loads(stdout)
+    assert [c["number"] for c in again["pareto"]] == [c["number"] for c in result["pareto"]]
+    assert again["completed_trials"] == 4
+
+
+def test_table_output_lists_front_and_files(tiny_search, capsys):
+    out, result = tiny_search
+    code, stdout, _ = run_cli(capsys, "search", "--model", "resnet18", "--target", "jetson", *TINY, "--trials", "4",
+                              "--out", str(out))
+    assert code == 0
+    assert "Pareto-optimal candidates" in stdout
+    assert "dense" in stdout and "calibrated" in stdout
+    assert "results.json" in stdout
+
+
+def test_study_with_other_model_is_refused(tiny_search, capsys):
+    out, _ = tiny_search
+    code, _, err = run_cli(capsys, "search", "--model", "mobilenet_v2", "--target", "jetson", *TINY, "--trials", "1",
+                           "--out", str(out), "--study", "resnet18-jetson-digits")
+    assert code == 2
+    assert "new --study" in err.strip().splitlines()[-1]
+    assert err.count("error:") == 1
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "resnet81", "--target", "jetson"], "did you mean 'resnet18'"),
+        (["--model", "resnet18", "--target", "jetsn"], "jetson"),
+        (["--model", "resnet18", "--target", "jetson", "--input-shape", "1x3x32"], "malformed"),
+        (["--model", "resnet18", "--target", "jetson", "--input-shape", "axbxcxd"], "malformed"),
+        (["--model", "resnet18", "--target", "jetson", "--trials", "0"], "--trials must be at least 1"),
+        (["--model", "resnet18", "--target", "jetson", "--trials", "-3"], "--trials must be at least 1"),
+        (["--model", "resnet18", "--target", "jetson", "--finetune-steps", "-1"], "--finetune-steps"),
+        (["--model", "resnet18", "--target", "jetson", "--data", "mnist"], "did you mean 'mnist5k'"),
+        (["--model", "resnet18", "--target", "jetson", "--checkpoint", "/no/such.pt", "--data", "digits"],
+         "does not exist"),
+        (["--model", "resnet18", "--target", "jetson", "--storage", "notadb://x"], "cannot open study storage"),
+        (["--model", "resnet18", "--target", "jetson", "--strategy", "tpee"], "did you mean 'tpe'"),
+        (["--model", "resnet18"], "Missing option '--target'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, fragment, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "search", *args, "--out", str(tmp_path / "run"))
+    assert code == 2, err
+    # Warnings (e.g. "this profile is calibrated, not measured") may precede it; the error is one last line.
+    assert fragment in err.strip().splitlines()[-1]
+    assert err.count("error:") == 1
+    assert "Traceback" not in err
+
+
+def test_debug_variable_shows_traceback(monkeypatch):
+    from autoprune.errors import UserError
+
+    monkeypatch.setenv("AUTOPRUNE_DEBUG", "1")
+    with pytest.raises(UserError):
+        main(["search", "--model", "resnet81", "--target", "jetson"])
+
+
+def test_models_command_lists_torchvision_models(capsys):
+    code, out, _ = run_cli(capsys, "models", "--json")
+    assert code == 0
+    names = json.loads(out)
+    assert "resnet18" in names and "vit_b_16" in names
+
+
+def test_checkpoint_is_used_instead_of_training(tmp_path, capsys):
+    from autoprune.models import create_model
+
+    model = create_model("resnet18", 10)
+    torch.save(model.state_dict(), tmp_path / "dense.pt")
+    code, stdout, err = run_cli(
+        capsys, "search", "--model", "resnet18", "--target", "jetson", *TINY, "--trials", "1",
+        "--checkpoint", str(tmp_path / "dense.pt"), "--out", str(tmp_path / "run"), "--json",
+    )
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["baseline"]["source"].startswith("checkpoint")
