@@ -74,7 +74,8 @@ class SearchConfig:
 
     @property
     def out_path(self) -> Path:
-        return Path(self.out_dir) if self.out_dir else Path("autoprune-runs") / self.study_name
+        # The study name is slugged so that a name like "../x" cannot put files outside autoprune-runs/.
+        return Path(self.out_dir) if self.out_dir else Path("autoprune-runs") / _slug(self.study_name)
 
     @property
     def storage_url(self) -> str:
