@@ -81,13 +81,13 @@ class PruningPlan:
         """Whether the plan zeroes weights without removing them (unstructured or N:M)."""
         return bool(self.global_sparsity > 0 or any(s > 0 for s in self.layer_sparsity.values()) or self.nm)
 
-    def kept_channels(self, group: str, channels: int, unit: int = 1) -> int:
+    def kept_channels(self, group: str, channels: int, unit: int = 1, interleave: int = 1) -> int:
         """Channels a group of ``channels`` keeps: the ratio rounded to the alignment, at least one step.
 
         ``unit`` > 1 means channels go in indivisible blocks (attention heads of ``unit`` channels each).
         """
         ratio = self.keep_ratios.get(group, 1.0)
-        return kept_channels(channels, ratio, self.alignment, unit)
+        return kept_channels(channels, ratio, self.alignment, unit, interleave)
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain data; fields at their defaults beyond the original three are left out so older
@@ -159,11 +159,15 @@ def aligned_channels(channels: int, keep_ratio: float, alignment: int) -> int:
     return min(channels, max(alignment, kept))
 
 
-def kept_channels(channels: int, keep_ratio: float, alignment: int, unit: int = 1) -> int:
+def kept_channels(channels: int, keep_ratio: float, alignment: int, unit: int = 1, interleave: int = 1) -> int:
     """Channels kept of a group whose channels go in blocks of ``unit`` (1: single channels).
 
     Blocks (attention heads) are counted, not aligned: the head size already fixes the granularity.
+    ``interleave`` > 1 is the number of convolution groups of a grouped conv in the group: every conv group
+    keeps the same number of channels, so the count is rounded per conv group (alignment is not applied).
     """
+    if interleave > 1:
+        return aligned_channels(channels // interleave, keep_ratio, 1) * interleave
     if unit <= 1:
         return aligned_channels(channels, keep_ratio, alignment)
     blocks = channels // unit

@@ -42,6 +42,7 @@ class GroupSpec:
     step: float = 0.05
     layers: tuple[str, ...] = ()  # layers whose output channels this group prunes
     unit: int = 1  # channels removed together: the head size for an attention-head group, else 1
+    interleave: int = 1  # conv groups of a grouped conv in the group: each keeps the same channel count
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class LayerSpec:
 
     For linear layers ``in_h`` is the number of rows per sample (tokens) and ``in_w`` is 1. ``out_unit`` /
     ``in_unit`` are the block sizes of the groups (attention heads), and ``out_factor`` how many times the
-    output group repeats in the output (3 for a fused q/k/v projection).
+    output group repeats in the output (3 for a fused q/k/v projection). ``in_groups`` lists every group
+    concatenated into the input (GoogLeNet, DenseNet); ``in_group`` is the first of them.
     """
 
     name: str
@@ -68,6 +70,9 @@ class LayerSpec:
     out_unit: int = 1
     in_unit: int = 1
     out_factor: int = 1
+    in_groups: tuple[str, ...] = ()
+    out_interleave: int = 1
+    in_interleave: int = 1
 
     @property
     def depthwise(self) -> bool:
@@ -76,19 +81,29 @@ class LayerSpec:
     def pruned_shape(self, plan: PruningPlan, group_channels: dict[str, int]) -> tuple[int, int, int]:
         """(in_channels, out_channels, groups) after ``plan``."""
         cout = self.out_factor * _kept(
-            self.out_group, self.out_channels // self.out_factor, plan, group_channels, self.out_unit
+            self.out_group, self.out_channels // self.out_factor, plan, group_channels, self.out_unit,
+            self.out_interleave,
         )
-        cin = _kept(self.in_group, self.in_channels, plan, group_channels, self.in_unit)
+        if len(self.in_groups) > 1:  # a concat: each part shrinks by its own group
+            cin = self.in_channels - sum(
+                group_channels[g] - kept_channels(group_channels[g], plan.keep_ratios.get(g, 1.0), plan.alignment)
+                for g in self.in_groups
+            )
+        else:
+            cin = _kept(self.in_group, self.in_channels, plan, group_channels, self.in_unit, self.in_interleave)
         if self.depthwise:
             return cout, cout, cout
         groups = self.groups if self.groups == 1 else math.gcd(self.groups, math.gcd(cin, cout))
         return cin, cout, groups
 
 
-def _kept(group: str | None, channels: int, plan: PruningPlan, group_channels: dict[str, int], unit: int = 1) -> int:
+def _kept(
+    group: str | None, channels: int, plan: PruningPlan, group_channels: dict[str, int], unit: int = 1,
+    interleave: int = 1,
+) -> int:
     if group is None:
         return channels
-    return kept_channels(group_channels[group], plan.keep_ratios.get(group, 1.0), plan.alignment, unit)
+    return kept_channels(group_channels[group], plan.keep_ratios.get(group, 1.0), plan.alignment, unit, interleave)
 
 
 @dataclass(frozen=True)
@@ -151,7 +166,8 @@ class SearchSpace:
                     "(pruning ratios in [0, 1)) with min_keep <= max_keep and step > 0"
                 )
             overrides[name] = GroupSpec(
-                name, by_name[name].channels, lo, hi, step, by_name[name].layers, by_name[name].unit
+                name, by_name[name].channels, lo, hi, step, by_name[name].layers, by_name[name].unit,
+                by_name[name].interleave,
             )
         groups = tuple(overrides.get(g.name, g) for g in self.groups)
         alignment = int(data.get("alignment", self.alignment))
@@ -179,6 +195,17 @@ def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     groups = graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=PRUNABLE_TYPES)
     return graph, groups
+
+
+def conv_interleave(group) -> int:
+    """The number of conv groups of a grouped (not depthwise) convolution in ``group``, else 1."""
+    counts = [
+        item.dep.target.module.groups
+        for item in group
+        if isinstance(item.dep.target.module, nn.Conv2d)
+        and 1 < item.dep.target.module.groups < item.dep.target.module.in_channels
+    ]
+    return max(counts, default=1)
 
 
 def group_layers(graph, group, names: dict[nn.Module, str]) -> tuple[list[str], list[str]]:
@@ -217,8 +244,8 @@ def generate_space(
     attention = {m.qkv: m for m in model.modules() if isinstance(m, HeadAttention)}
     graph, lazy_groups = dependency_groups(model, example)
     groups: list[GroupSpec] = []
-    out_group: dict[str, tuple[str, int]] = {}
-    in_group: dict[str, tuple[str, int]] = {}
+    out_group: dict[str, tuple[str, int, int]] = {}
+    in_group: dict[str, list[tuple[str, int, int]]] = {}
     for group in lazy_groups:
         outs, ins = group_layers(graph, group, names)
         if not outs:
@@ -230,9 +257,11 @@ def generate_space(
             channels, unit = block.proj.in_features, block.head_dim
         else:
             channels, unit = len(group[0].idxs), 1
-        groups.append(GroupSpec(name, channels, min_keep, 1.0, step, tuple(outs), unit))
-        out_group.update({layer: (name, unit) for layer in outs})
-        in_group.update({layer: (name, unit) for layer in ins})
+        interleave = conv_interleave(group)
+        groups.append(GroupSpec(name, channels, min_keep, 1.0, step, tuple(outs), unit, interleave))
+        out_group.update({layer: (name, unit, interleave) for layer in outs})
+        for layer in ins:
+            in_group.setdefault(layer, []).append((name, unit, interleave))
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
     qkv_names = {names[m] for m in attention}
@@ -265,9 +294,13 @@ def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()) ->
         if name not in shapes:
             continue
         shape = shapes[name]
-        out_name, out_unit = out_group.get(name, (None, 1))
-        in_name, in_unit = in_group.get(name, (None, 1))
-        links = dict(out_group=out_name, in_group=in_name, out_unit=out_unit, in_unit=in_unit)
+        out_name, out_unit, out_inter = out_group.get(name, (None, 1, 1))
+        ins = in_group.get(name, [])
+        in_name, in_unit, in_inter = ins[0] if ins else (None, 1, 1)
+        links = dict(
+            out_group=out_name, in_group=in_name, out_unit=out_unit, in_unit=in_unit, out_interleave=out_inter,
+            in_interleave=in_inter, in_groups=tuple(g for g, _, _ in ins),
+        )
         if isinstance(module, nn.Conv2d):
             layers.append(
                 LayerSpec(

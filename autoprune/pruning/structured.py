@@ -16,7 +16,7 @@ from autoprune.pruning.importance import (
     make_importance,
     prepare_gradients,
 )
-from autoprune.pruning.space import dependency_groups, group_layers
+from autoprune.pruning.space import conv_interleave, dependency_groups, group_layers
 
 
 def apply_plan(
@@ -87,13 +87,23 @@ def _scores(importance, group) -> torch.Tensor:
 
 
 def _prune_channels(graph, group, ratio: float, alignment: int, importance) -> None:
+    """Remove the lowest-scored channels. With a grouped convolution in the group, remove the same positions
+    from every conv group (scores averaged over conv groups), as Torch-Pruning's own pruner does, so each
+    conv group keeps the same width."""
     channels = len(group[0].idxs)
-    keep = kept_channels(channels, ratio, alignment)
+    interleave = conv_interleave(group)
+    keep = kept_channels(channels, ratio, alignment, interleave=interleave)
     if keep >= channels:
         return
     scores = _scores(importance, group)
-    order = torch.argsort(scores, stable=True)
-    prune_idxs = sorted(order[: channels - keep].tolist())
+    if interleave > 1:
+        per = channels // interleave
+        order = torch.argsort(scores.view(interleave, per).mean(dim=0), stable=True)
+        drop = order[: per - keep // interleave].tolist()
+        prune_idxs = sorted(g * per + p for g in range(interleave) for p in drop)
+    else:
+        order = torch.argsort(scores, stable=True)
+        prune_idxs = sorted(order[: channels - keep].tolist())
     graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, prune_idxs).prune()
 
 

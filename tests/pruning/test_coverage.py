@@ -1,0 +1,86 @@
+"""Structured pruning across architectures: the pruned model is physically smaller, every layer has the
+shape the search space's arithmetic predicts (the cost model's contract), and onnxruntime agrees with PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from autoprune.models import classifier, create_model
+from autoprune.onnx_export import onnx_bytes, ort_predict, ort_session
+from autoprune.plan import PruningPlan
+from autoprune.pruning import apply_plan, generate_space, model_stats
+from autoprune.pruning.attention import HeadAttention
+
+SHAPE = (1, 3, 32, 32)
+FAST = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "convnext_tiny"]
+SLOW = ["resnet50", "densenet121", "googlenet", "vit_b_16"]
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = tvm.vit_b_16(image_size=32, num_classes=10) if name == "vit_b_16" else create_model(name, 10)
+    # ViT zero-initialises its classifier; random weights make the output comparison meaningful everywhere
+    nn.init.normal_(classifier(model).weight, std=0.05)
+    return model.eval()
+
+
+def _layer_shape(module: nn.Module) -> tuple[int, int, int]:
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels, module.out_channels, module.groups
+    return module.in_features, module.out_features, 1
+
+
+def _check(name: str) -> None:
+    model = _model(name)
+    dense = model_stats(model, SHAPE)
+    space = generate_space(model, name, SHAPE, alignment=4)
+    plan = PruningPlan.uniform(space.group_names, 0.5, alignment=4)
+    apply_plan(model, plan, torch.zeros(SHAPE))
+
+    modules = dict(model.named_modules())
+    channels = space.group_channels()
+    predicted = {layer.name: layer.pruned_shape(plan, channels) for layer in space.layers}
+    actual = {layer.name: _layer_shape(modules[layer.name]) for layer in space.layers}
+    assert actual == predicted
+    assert classifier(model).out_features == 10  # the output layer keeps its classes
+    pruned = model_stats(model, SHAPE)
+    assert pruned.params < 0.6 * dense.params and pruned.macs < 0.6 * dense.macs
+
+    x = torch.randn(2, *SHAPE[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    scale = float(np.abs(expected).max())
+    assert expected.shape == (2, 10) and np.ptp(expected) > 1e-3 * scale > 0  # a live output, not a constant
+    got = ort_predict(ort_session(onnx_bytes(model, SHAPE)), x.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale)
+    if name == "vit_b_16":
+        blocks = [m for m in model.modules() if isinstance(m, HeadAttention)]
+        assert len(blocks) == 12 and all(b.num_heads == 6 and b.head_dim == 64 for b in blocks)
+        assert model.encoder.layers[0].mlp[0].out_features == 1536
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_prune_run_export(name):
+    _check(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_prune_run_export_large(name):
+    _check(name)
+
+
+def test_vit_space_counts_heads_and_mlp_units():
+    space = generate_space(_model("vit_b_16"), "vit_b_16", SHAPE)
+    groups = {g.name: g for g in space.groups}
+    head = groups["encoder.layers.encoder_layer_3.self_attention.qkv"]
+    assert (head.channels, head.unit) == (768, 64)
+    assert groups["encoder.layers.encoder_layer_3.mlp.0"].channels == 3072
+    qkv = next(layer for layer in space.layers if layer.name.endswith("encoder_layer_3.self_attention.qkv"))
+    assert (qkv.in_h, qkv.out_factor) == (5, 3)  # 2x2 patches + the class token; fused q, k, v
+    plan = PruningPlan(keep_ratios={head.name: 0.3})  # 3.6 heads -> 4 heads
+    assert qkv.pruned_shape(plan, space.group_channels()) == (768, 3 * 4 * 64, 1)
