@@ -1,4 +1,16 @@
-"""The evaluator: plan → pruned model → brief fine-tune → accuracy, size and predicted latency."""
+"""The evaluator: plan → pruned model → cheap proxy → (maybe) brief fine-tune → accuracy, size, latency.
+
+Multi-fidelity (Optuna's trial pruners do not handle multi-objective studies, so autoprune brings its own):
+
+1. every candidate gets the cheap proxy: accuracy after re-estimating BatchNorm statistics on a few batches;
+2. it is fine-tuned only if it could still reach the Pareto front: a candidate that misses the latency or
+   parameter limit, or whose proxy accuracy plus the largest fine-tuning gain seen so far (with a margin) is
+   still dominated by the current front, is recorded at proxy fidelity;
+3. fine-tuning runs in chunks; after each chunk the candidate is evaluated and fine-tuning is cut short when
+   the current front dominates it by more than ``stop_margin`` accuracy.
+
+The trial records both accuracies, the fidelity reached and the fine-tuning steps actually spent.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +26,9 @@ from autoprune.data import DataBundle
 from autoprune.plan import PruningPlan
 from autoprune.pruning import SearchSpace, apply_plan, model_stats
 from autoprune.pruning.metrics import ModelStats
-from autoprune.training import EvalResult, evaluate, finetune_steps, recalibrate_bn
+from autoprune.search.pareto import dominates
+from autoprune.search.strategies import Constraints
+from autoprune.training import EvalResult, NonFiniteLoss, cross_entropy_loss, cycle, evaluate, recalibrate_bn
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,26 @@ class EvaluatorSettings:
     bn_recalibration_batches: int = 8
     calibration_batches: int = 2  # for gradient-based importance criteria
     seed: int = 0
+    finetune_checks: int = 4  # evaluations during fine-tuning, where it may be cut short
+    stop_margin: float = 0.03  # accuracy by which the front must dominate a candidate to cut it short
+    gain_margin: float = 0.05  # slack on the largest fine-tuning gain seen, when deciding to skip
+    min_history: int = 3  # fine-tuned candidates needed before any is skipped
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What the driver knows when it dispatches a candidate: the feasible front (accuracy, latency_ms) of the
+    finished trials, the largest fine-tuning gain (accuracy - proxy) seen and on how many, and the limits."""
+
+    front: tuple[tuple[float, float], ...] = ()
+    max_gain: float = 0.0
+    gains_seen: int = 0
+    constraints: Constraints = field(default_factory=Constraints)
+
+
+def dominated_with_margin(accuracy: float, latency_ms: float, front, margin: float) -> bool:
+    """Whether a front point is at least as fast and more than ``margin`` more accurate."""
+    return any(dominates(p, (accuracy + margin, latency_ms)) and p[0] > accuracy + margin for p in front)
 
 
 @dataclass(frozen=True)
@@ -43,6 +77,19 @@ class CandidateResult:
     stats: ModelStats
     seconds: float
     model: nn.Module = field(repr=False, compare=False)
+    finetune_steps: int = 0  # steps actually spent
+    finetune_budget: int = 0  # steps it would have had
+    fidelity: str = "finetuned"  # "proxy" (not fine-tuned) | "cut_short" | "finetuned"
+    fidelity_reason: str = ""
+    curve: tuple[tuple[int, float], ...] = ()  # (steps so far, accuracy) at each check
+
+    @property
+    def params(self) -> int:
+        return self.stats.params
+
+    @property
+    def size_mb(self) -> float:
+        return self.stats.size_mb
 
     def attrs(self) -> dict[str, Any]:
         """JSON-ready figures stored on the Optuna trial."""
@@ -56,6 +103,11 @@ class CandidateResult:
             "latency_source": self.latency_source,
             **self.stats.to_dict(),
             "eval_seconds": round(self.seconds, 3),
+            "finetune_steps": self.finetune_steps,
+            "finetune_budget": self.finetune_budget,
+            "fidelity": self.fidelity,
+            "fidelity_reason": self.fidelity_reason,
+            "accuracy_curve": [list(p) for p in self.curve],
         }
 
 
@@ -86,7 +138,8 @@ class Evaluator:
             calibration = [batch for _, batch in zip(range(self.settings.calibration_batches), loader)]
         return apply_plan(model, plan, self._example, calibration=calibration, seed=self.settings.seed)
 
-    def evaluate(self, plan: PruningPlan) -> CandidateResult:
+    def evaluate(self, plan: PruningPlan, guidance: Guidance | None = None) -> CandidateResult:
+        """Score ``plan``. Without ``guidance`` every candidate gets the full fine-tuning budget."""
         started = time.perf_counter()
         self.space.validate_plan(plan)
         estimate = self.cost_model.predict(self.space, plan)
@@ -95,9 +148,14 @@ class Evaluator:
         train = self.data.loader("train", s.batch_size, s.seed)
         val = self.data.loader("val", 256, s.seed, shuffle=False)
         recalibrate_bn(model, train, s.bn_recalibration_batches)
-        proxy = evaluate(model, val, self.data.num_classes).accuracy
-        finetune_steps(model, train, s.finetune_steps, s.finetune_lr, s.seed)
-        result = evaluate(model, val, self.data.num_classes)
+        proxy_eval = evaluate(model, val, self.data.num_classes)
+        proxy = proxy_eval.accuracy
+        stats = model_stats(model, self.space.input_shape)
+        skip = self._skip_reason(proxy, estimate.latency_ms, stats.params, guidance) if s.finetune_steps else "no fine-tuning asked"
+        result, spent, curve, fidelity, reason = proxy_eval, 0, [(0, proxy)], "proxy", skip
+        if not skip:
+            result, spent, curve, cut = self._finetune(model, train, val, estimate.latency_ms, guidance)
+            fidelity, reason = ("cut_short", cut) if cut else ("finetuned", "")
         return CandidateResult(
             plan=plan,
             accuracy=result.accuracy,
@@ -106,7 +164,56 @@ class Evaluator:
             latency_ms=estimate.latency_ms,
             latency_provenance=estimate.provenance,
             latency_source=estimate.source,
-            stats=model_stats(model, self.space.input_shape),
+            stats=stats,
             seconds=time.perf_counter() - started,
             model=model,
+            finetune_steps=spent,
+            finetune_budget=s.finetune_steps,
+            fidelity=fidelity,
+            fidelity_reason=reason,
+            curve=tuple(curve),
         )
+
+    def _skip_reason(self, proxy: float, latency_ms: float, params: int, guidance: Guidance | None) -> str:
+        if guidance is None:
+            return ""
+        if not guidance.constraints.cost_feasible(latency_ms, params):
+            return "infeasible: misses the latency or parameter limit"
+        if guidance.gains_seen < self.settings.min_history:
+            return ""
+        optimistic = min(1.0, proxy + guidance.max_gain + self.settings.gain_margin)
+        if guidance.constraints.min_accuracy is not None and optimistic < guidance.constraints.min_accuracy:
+            return f"cannot reach --min-accuracy (optimistic {optimistic:.3f})"
+        if any(dominates(p, (optimistic, latency_ms)) for p in guidance.front):
+            return f"dominated by the front even with the best gain seen (optimistic {optimistic:.3f})"
+        return ""
+
+    def _finetune(self, model: nn.Module, train, val, latency_ms: float, guidance: Guidance | None):
+        """SGD in chunks, evaluating after each; returns (eval, steps spent, curve, reason if cut short)."""
+        s = self.settings
+        torch.manual_seed(s.seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=s.finetune_lr, momentum=0.9, weight_decay=5e-4)
+        checks = max(1, min(s.finetune_checks, s.finetune_steps))
+        bounds = [round(s.finetune_steps * (k + 1) / checks) for k in range(checks)]
+        batches = cycle(train)
+        spent, curve, result = 0, [], None
+        for k, bound in enumerate(bounds):
+            model.train()
+            while spent < bound:
+                images, labels = next(batches)
+                loss = cross_entropy_loss(model, images, labels)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"fine-tuning loss became {float(loss)} at step {spent + 1}")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                spent += 1
+            model.eval()
+            result = evaluate(model, val, self.data.num_classes)
+            curve.append((spent, result.accuracy))
+            last = k == len(bounds) - 1
+            if not last and guidance is not None and dominated_with_margin(
+                result.accuracy, latency_ms, guidance.front, s.stop_margin
+            ):
+                return result, spent, curve, f"dominated by the front by more than {s.stop_margin:g} after {spent} steps"
+        return result, spent, curve, ""

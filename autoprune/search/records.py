@@ -28,6 +28,10 @@ class TrialRecord:
     size_mb: float
     speedup: float  # dense latency / this latency
     plan: dict
+    feasible: bool = True  # met --max-latency-ms / --min-accuracy / --max-params when it was evaluated
+    proxy_accuracy: float = float("nan")  # after BN recalibration only
+    fidelity: str = "finetuned"  # "proxy" | "cut_short" | "finetuned"
+    finetune_steps: int = -1  # fine-tuning steps actually spent (-1: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,12 +62,17 @@ def completed_records(study: optuna.Study) -> list[TrialRecord]:
                 size_mb=float(a["size_mb"]),
                 speedup=dense_ms / float(a["latency_ms"]) if a["latency_ms"] else float("nan"),
                 plan=dict(a.get("plan", {})),
+                feasible=bool(a.get("feasible", True)),
+                proxy_accuracy=float(a.get("proxy_accuracy", float("nan"))),
+                fidelity=str(a.get("fidelity", "finetuned")),
+                finetune_steps=int(a.get("finetune_steps", -1)),
             )
         )
     return records
 
 
 def pareto_records(records: list[TrialRecord]) -> list[TrialRecord]:
-    """The non-dominated records (accuracy ↑, latency ↓), fastest first."""
-    front = pareto_front([(r.accuracy, r.latency_ms) for r in records])
-    return [records[i] for i in front]
+    """The non-dominated feasible records (accuracy ↑, latency ↓), fastest first; infeasible ones never count."""
+    feasible = [r for r in records if r.feasible]
+    front = pareto_front([(r.accuracy, r.latency_ms) for r in feasible])
+    return [feasible[i] for i in front]

@@ -1,7 +1,10 @@
 """``run_search``: baseline → space → cost model → Optuna study loop → Pareto front on disk.
 
-The study storage is the single source of truth: every finished trial is committed there before the next
-starts, so a killed run loses at most the trial in flight, which the next run re-enqueues.
+The study storage is the single source of truth: the driver (this process) does every ask and tell; the
+backend (in-process or Ray workers) only evaluates. Every finished trial is committed before the driver moves
+on, so a killed run loses at most the trials in flight, which the next run fails as interrupted and
+re-enqueues. A resumed run counts the completed trials toward ``--trials`` and rebuilds strategy state from
+the recorded trials.
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ from autoprune.hardware import CostModel, load_profile
 from autoprune.paths import atomic_write_json
 from autoprune.plan import PruningPlan
 from autoprune.pruning import generate_space, model_stats
-from autoprune.search.evaluator import CandidateResult, Evaluator, EvaluatorSettings
+from autoprune.search.backends import BACKENDS, Executor, Finished, RaySettings, create_executor
+from autoprune.search.evaluator import Evaluator, EvaluatorSettings, Guidance
+from autoprune.search.pareto import pareto_front
 from autoprune.search.records import STUDY_ATTR, TrialRecord, completed_records, pareto_records
-from autoprune.search.strategies import create_strategy
-from autoprune.training import NonFiniteLoss, TrainRecipe, evaluate
+from autoprune.search.strategies import (
+    CONSTRAINTS_ATTR, STRATEGIES, Constraints, SpaceCosts, Strategy, check_budget_reachable, create_strategy,
+)
+from autoprune.training import TrainRecipe, evaluate
 
 MAX_CONSECUTIVE_FAILURES = 5
 # Settings that must match for trials to be comparable; a study created with others is refused.
@@ -57,6 +64,17 @@ class SearchConfig:
     input_shape: tuple[int, int, int, int] = (1, 3, 32, 32)
     seed: int = 0
     space_file: str | None = None
+    max_latency_ms: float | None = None
+    min_accuracy: float | None = None
+    max_params: int | None = None
+    size_objective: bool = False  # minimise size_mb as a third objective
+    multi_fidelity: bool = True  # skip / cut short fine-tuning of candidates that cannot reach the front
+    backend: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    worker_retries: int = 1
 
     def __post_init__(self) -> None:
         if self.model not in available_models():
@@ -67,6 +85,23 @@ class SearchConfig:
             raise UserError(f"--finetune-steps must be 0 or more, got {self.finetune_steps}")
         if self.baseline_epochs < 1:
             raise UserError(f"--baseline-epochs must be at least 1, got {self.baseline_epochs}")
+        if self.strategy not in STRATEGIES:
+            raise unknown_choice("strategy", self.strategy, STRATEGIES)
+        if self.backend not in BACKENDS:
+            raise unknown_choice("backend", self.backend, BACKENDS)
+        if self.backend == "local" and (self.workers != 1 or self.ray_address):
+            raise UserError("--workers and --ray-address need --backend ray (the local backend runs one trial at a time)")
+        self.constraints  # validates the limits
+        if self.backend == "ray":
+            self.ray_settings
+
+    @property
+    def constraints(self) -> Constraints:
+        return Constraints(self.max_latency_ms, self.min_accuracy, self.max_params)
+
+    @property
+    def ray_settings(self) -> RaySettings:
+        return RaySettings(self.workers, self.ray_address, self.cpus_per_trial, self.gpus_per_trial, self.worker_retries)
 
     @property
     def study_name(self) -> str:
@@ -182,11 +217,23 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
         baseline.model, data, space, cost_model,
         EvaluatorSettings(finetune_steps=config.finetune_steps, seed=config.seed),
     )
-    strategy = create_strategy(config.strategy, space, config.importance, config.seed, config.trials)
+    costs = SpaceCosts(space, cost_model)
+    check_budget_reachable(space, costs, config.constraints, config.importance)
+    strategy = create_strategy(
+        config.strategy, space, config.importance, config.seed, config.trials, config.constraints, costs,
+        workers=config.workers,
+    )
     study.sampler = strategy.sampler()
     _requeue_interrupted(study, reporter)
-
-    interrupted = _optimize(study, strategy, evaluator, config, reporter)
+    if config.backend == "ray":
+        reporter.stage(f"starting {config.workers} Ray worker(s) at {config.ray_address or 'a local runtime (127.0.0.1)'}")
+    executor = create_executor(config.backend, evaluator, config.ray_settings if config.backend == "ray" else None)
+    try:
+        interrupted = optimize(
+            study, strategy, executor, config.trials, config.constraints, reporter, multi_fidelity=config.multi_fidelity,
+        )
+    finally:
+        executor.close()
     records = completed_records(study)
     result = SearchResult(
         study_name=config.study_name,
@@ -211,9 +258,9 @@ def _open_study(config: SearchConfig) -> optuna.Study:
     config.out_path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(config.out_path / "config.json", {**config.to_dict(), "command": sys.argv})
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=config.study_name, storage=open_storage(config.storage_url), load_if_exists=True,
-            directions=["maximize", "minimize"],
+            directions=directions(config.size_objective),
         )
     except UserError:
         raise
@@ -222,6 +269,18 @@ def _open_study(config: SearchConfig) -> optuna.Study:
             f"cannot open study storage {config.storage_url!r}: {str(err).splitlines()[0]} "
             "(pass an Optuna storage URL such as sqlite:///path/study.db)"
         ) from err
+    if len(study.directions) != len(directions(config.size_objective)):
+        have = "with" if len(study.directions) == 3 else "without"
+        raise UserError(
+            f"study {config.study_name!r} was created {have} size as an objective; run it {have} --size-objective, "
+            "or pass a new --study name"
+        )
+    return study
+
+
+def directions(size_objective: bool) -> list[str]:
+    """accuracy ↑, latency ↓ (and size ↓ with ``size_objective``)."""
+    return ["maximize", "minimize"] + (["minimize"] if size_objective else [])
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage | str:
@@ -280,15 +339,25 @@ def _owned_by_live_process(trial: optuna.trial.FrozenTrial) -> bool:
     return int(owner["pid"]) != os.getpid()
 
 
+RETRY_ATTR_PREFIXES = ("rl_", "uniform_keep")
+
+
+def _requeue(study: optuna.Study, trial, reason: str) -> None:
+    """Fail ``trial`` as interrupted and enqueue its parameters again, with the strategy's own figures."""
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    params = trial.params
+    if params:
+        attrs = {k: v for k, v in trial.user_attrs.items() if k.startswith(RETRY_ATTR_PREFIXES)}
+        study.enqueue_trial(params, user_attrs={**attrs, "retry_of": trial.number}, skip_if_exists=False)
+
+
 def _requeue_interrupted(study: optuna.Study, reporter: SearchReporter) -> None:
     """Fail trials left RUNNING by a dead process and enqueue their plans again, so they are re-run."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _owned_by_live_process(trial):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted: the process running it died")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        _requeue(study, trial, "interrupted: the process running it died")
         reporter.warn(f"trial {trial.number} was interrupted by a previous run; it will be re-run")
 
 
@@ -304,47 +373,108 @@ def _counted(study: optuna.Study, strategy: str) -> int:
     return count
 
 
-def _optimize(study, strategy, evaluator: Evaluator, config: SearchConfig, reporter: SearchReporter) -> bool:
-    """Ask/evaluate/tell until ``config.trials`` trials of this strategy count; return True if Ctrl-C stopped it."""
+def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
+    """The feasible front and the largest fine-tuning gain so far, for the multi-fidelity decisions."""
+    points, gains = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "accuracy" not in a:
+            continue
+        if a.get("feasible", True):
+            points.append((float(a["accuracy"]), float(a["latency_ms"])))
+        if a.get("fidelity", "finetuned") == "finetuned" and "proxy_accuracy" in a and a.get("finetune_steps", 1):
+            gains.append(float(a["accuracy"]) - float(a["proxy_accuracy"]))
+    front = tuple(points[i] for i in pareto_front(points))
+    return Guidance(front=front, max_gain=max(gains, default=0.0), gains_seen=len(gains), constraints=constraints)
+
+
+def optimize(
+    study: optuna.Study,
+    strategy: Strategy,
+    executor: Executor,
+    trials: int,
+    constraints: Constraints | None = None,
+    reporter: SearchReporter | None = None,
+    multi_fidelity: bool = True,
+) -> bool:
+    """Ask/evaluate/tell until ``trials`` trials of ``strategy`` count, keeping ``executor.slots`` candidates in
+    flight; return True if Ctrl-C stopped it (the trials in flight are then recorded as interrupted and
+    enqueued again, so the next run re-runs them)."""
+    reporter = reporter or SilentReporter()
+    constraints = constraints or Constraints()
     consecutive_failures: list[str] = []
     done = _counted(study, strategy.name)
-    reporter.trial_done(done, config.trials, pareto_records(completed_records(study)), None)
-    while done < config.trials:
-        strategy.before_ask(study)
-        trial = study.ask()
-        trial.set_user_attr("strategy", strategy.name)
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-        try:
-            plan = strategy.propose(study, trial)
-            result = evaluator.evaluate(plan)
-            _check_finite(result)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted: stopped with Ctrl-C")
-            study.tell(trial, state=TrialState.FAIL)
-            return True
-        except (NonFiniteLoss, RuntimeError, ValueError, UserError) as err:
-            reason = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
-            consecutive_failures.append(reason)
-            done += 1
-            reporter.trial_done(done, config.trials, pareto_records(completed_records(study)), reason)
-            if len(consecutive_failures) >= MAX_CONSECUTIVE_FAILURES:
-                common = max(set(consecutive_failures), key=consecutive_failures.count)
-                raise UserError(
-                    f"{len(consecutive_failures)} trials in a row failed, most often with {common!r}; "
-                    "fix the cause (see the trials' fail_reason in the study) and run the same command to resume"
-                )
-            continue
-        for key, value in result.attrs().items():
-            trial.set_user_attr(key, value)
-        study.tell(trial, [result.accuracy, result.latency_ms])
-        consecutive_failures.clear()
+    live: dict[int, optuna.Trial] = {}
+    reporter.trial_done(done, trials, pareto_records(completed_records(study)), None)
+
+    def failed(trial: optuna.Trial, reason: str) -> None:
+        nonlocal done
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        consecutive_failures.append(reason)
         done += 1
-        reporter.trial_done(done, config.trials, pareto_records(completed_records(study)), None)
+        reporter.trial_done(done, trials, pareto_records(completed_records(study)), f"trial {trial.number}: {reason}")
+        if len(consecutive_failures) >= MAX_CONSECUTIVE_FAILURES:
+            common = max(set(consecutive_failures), key=consecutive_failures.count)
+            raise UserError(
+                f"{len(consecutive_failures)} trials in a row failed, most often with {common!r}; "
+                "fix the cause (see the trials' fail_reason in the study) and run the same command to resume"
+            )
+
+    try:
+        while done < trials or live:
+            while len(live) < executor.slots and done + len(live) < trials:
+                strategy.before_ask(study)
+                trial = study.ask()
+                trial.set_user_attr("strategy", strategy.name)
+                trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+                try:
+                    plan = strategy.propose(study, trial)
+                except (RuntimeError, ValueError, UserError) as err:
+                    failed(trial, _reason(err))
+                    continue
+                live[trial.number] = trial
+                executor.submit(trial.number, plan, guidance(study, constraints) if multi_fidelity else None)
+            if not live:
+                continue
+            for finished in executor.wait():
+                trial = live.pop(finished.key)
+                error = finished.error or _non_finite(finished.result)
+                if finished.attempts > 1:
+                    trial.set_user_attr("attempts", finished.attempts)
+                if error:
+                    failed(trial, error)
+                    continue
+                _tell(study, trial, finished, constraints)
+                consecutive_failures.clear()
+                done += 1
+                reporter.trial_done(done, trials, pareto_records(completed_records(study)), None)
+    except KeyboardInterrupt:
+        for trial in live.values():
+            _requeue(study, study._storage.get_trial(trial._trial_id), "interrupted: stopped with Ctrl-C")
+        return True
     return False
 
 
-def _check_finite(result: CandidateResult) -> None:
-    if not (math.isfinite(result.accuracy) and math.isfinite(result.latency_ms)):
-        raise ValueError(f"non-finite objective (accuracy={result.accuracy}, latency_ms={result.latency_ms})")
+def _tell(study: optuna.Study, trial: optuna.Trial, finished: Finished, constraints: Constraints) -> None:
+    result = finished.result
+    for key, value in result.attrs().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("feasible", constraints.feasible(result.accuracy, result.latency_ms, result.params))
+    violations = constraints.violations(result.accuracy, result.latency_ms, result.params)
+    trial.set_user_attr(CONSTRAINTS_ATTR, violations)
+    for name, value in violations.items():
+        trial.set_constraint(name, value)
+    values = [result.accuracy, result.latency_ms] + ([result.size_mb] if len(study.directions) == 3 else [])
+    study.tell(trial, values)
+
+
+def _reason(err: BaseException) -> str:
+    return f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def _non_finite(result) -> str | None:
+    values = (result.accuracy, result.latency_ms, result.size_mb)
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return None
+    return f"non-finite objective (accuracy={result.accuracy}, latency_ms={result.latency_ms}, size_mb={result.size_mb})"

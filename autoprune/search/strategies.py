@@ -1,23 +1,38 @@
 """Search strategies: each proposes plans through an Optuna trial (ask/tell), so every strategy's trials
 land in the same study with the same parameters and can be reported, resumed and compared alike.
 
-Contract: the runner calls :meth:`Strategy.sampler` once to create the study's sampler, then for every
-trial ``propose(study, trial)`` after ``study.ask()``; ``before_ask(study)`` runs before each ask and may
-enqueue fixed parameters (that is how the uniform sweep and any external optimiser drive Optuna).
+Contract (what the runner guarantees and what a strategy must do):
+
+- the runner builds a strategy once per run with the space, the constraints and a ``PlanCosts`` predictor,
+  then calls :meth:`Strategy.sampler` once to create the study's sampler;
+- for every trial it calls ``before_ask(study)`` then ``study.ask()`` then ``propose(study, trial)``, which
+  must return a plan whose keep ratios are the trial's ``keep/<group>`` parameters. ``before_ask`` may
+  enqueue fixed parameters (that is how the uniform sweep, the constrained random search and the RL agent
+  drive Optuna); several trials may be asked before any is told (parallel workers);
+- a strategy keeps no state that cannot be rebuilt from the study: on resume a fresh instance sees the
+  recorded trials (strategy-specific figures live in trial user attrs prefixed with the strategy's name);
+- constraints are honoured either through Optuna's trial constraints (the runner records each limit's value
+  with ``trial.set_constraint`` and in the ``constraints`` user attr, so TPE and NSGA-II rank infeasible
+  trials behind feasible ones) or by proposing only plans whose predicted latency / parameter count meet
+  the budget (bounded actions: ``rl``, ``random``, ``uniform``). Every trial gets a ``feasible`` attr.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+import random
+from dataclasses import dataclass
+from typing import Protocol
 
 import optuna
 
-from autoprune.errors import unknown_choice
+from autoprune.errors import UserError, unknown_choice
 from autoprune.plan import PruningPlan
 from autoprune.pruning.space import GroupSpec, SearchSpace
 
 PARAM_PREFIX = "keep/"
+CONSTRAINTS_ATTR = "constraints"
 
 
 def param_name(group: str) -> str:
@@ -30,11 +45,118 @@ def plan_from_params(params: dict[str, float], space: SearchSpace, importance: s
     return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment)
 
 
+def grid_steps(group: GroupSpec) -> int:
+    return math.floor((group.max_keep - group.min_keep) / group.step + 1e-9)
+
+
+def grid_value(group: GroupSpec, k: int) -> float:
+    return round(group.min_keep + k * group.step, 10)
+
+
 def _snap(group: GroupSpec, ratio: float) -> float:
     """``ratio`` clamped to the group's range and rounded onto its step grid."""
-    steps = math.floor((group.max_keep - group.min_keep) / group.step + 1e-9)
-    k = min(steps, max(0, round((ratio - group.min_keep) / group.step)))
-    return round(group.min_keep + k * group.step, 10)
+    k = min(grid_steps(group), max(0, round((ratio - group.min_keep) / group.step)))
+    return grid_value(group, k)
+
+
+def snap_down(group: GroupSpec, ratio: float) -> float:
+    """The largest grid ratio of ``group`` not above ``ratio`` (at least ``min_keep``)."""
+    k = min(grid_steps(group), max(0, math.floor((ratio - group.min_keep) / group.step + 1e-9)))
+    return grid_value(group, k)
+
+
+def searched_groups(space: SearchSpace) -> list[GroupSpec]:
+    return [g for g in space.groups if g.min_keep < g.max_keep]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits a candidate must meet to count as feasible (None: no limit)."""
+
+    max_latency_ms: float | None = None
+    min_accuracy: float | None = None
+    max_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
+            raise UserError(f"--max-latency-ms must be a positive number, got {self.max_latency_ms}")
+        if self.min_accuracy is not None and not (0.0 <= self.min_accuracy <= 1.0):
+            raise UserError(f"--min-accuracy is a fraction in [0, 1] (e.g. 0.9 for 90%), got {self.min_accuracy}")
+        if self.max_params is not None and self.max_params < 1:
+            raise UserError(f"--max-params must be a positive count, got {self.max_params}")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_latency_ms, self.min_accuracy, self.max_params))
+
+    def violations(self, accuracy: float, latency_ms: float, params: int) -> dict[str, float]:
+        """One value per limit, relative to the limit; <= 0 means met (Optuna's constraints convention)."""
+        values = {}
+        if self.max_latency_ms is not None:
+            values["max_latency_ms"] = (latency_ms - self.max_latency_ms) / self.max_latency_ms
+        if self.min_accuracy is not None:
+            values["min_accuracy"] = self.min_accuracy - accuracy
+        if self.max_params is not None:
+            values["max_params"] = (params - self.max_params) / self.max_params
+        return values
+
+    def feasible(self, accuracy: float, latency_ms: float, params: int) -> bool:
+        return all(v <= 0 for v in self.violations(accuracy, latency_ms, params).values())
+
+    def cost_feasible(self, latency_ms: float, params: int) -> bool:
+        """Whether the limits known before training (latency, parameters) are met."""
+        return (self.max_latency_ms is None or latency_ms <= self.max_latency_ms) and (
+            self.max_params is None or params <= self.max_params
+        )
+
+    def to_dict(self) -> dict:
+        return {"max_latency_ms": self.max_latency_ms, "min_accuracy": self.min_accuracy, "max_params": self.max_params}
+
+
+class PlanCosts(Protocol):
+    """Predicts a plan's cost without building the model (the cost model: well under a millisecond)."""
+
+    def latency_ms(self, plan: PruningPlan) -> float: ...
+    def params(self, plan: PruningPlan) -> int: ...
+
+
+class SpaceCosts:
+    """:class:`PlanCosts` of a real search space on a target's cost model."""
+
+    def __init__(self, space: SearchSpace, cost_model) -> None:
+        self.space = space
+        self.cost_model = cost_model
+
+    def latency_ms(self, plan: PruningPlan) -> float:
+        return float(self.cost_model.predict(self.space, plan).latency_ms)
+
+    def params(self, plan: PruningPlan) -> int:
+        return int(self.cost_model.predict(self.space, plan).params)
+
+
+def extreme_plan(space: SearchSpace, importance: str, which: str) -> PruningPlan:
+    """Every group at its ``min_keep`` (``which="min"``) or ``max_keep``."""
+    ratios = {g.name: (g.min_keep if which == "min" else g.max_keep) for g in space.groups}
+    return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment)
+
+
+def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Constraints, importance: str) -> None:
+    """Refuse a latency / parameter limit that even the smallest plan of the space cannot meet."""
+    smallest = extreme_plan(space, importance, "min")
+    if constraints.max_latency_ms is not None:
+        fastest = costs.latency_ms(smallest)
+        if fastest > constraints.max_latency_ms:
+            raise UserError(
+                f"--max-latency-ms {constraints.max_latency_ms:g} is below the fastest plan this space allows "
+                f"({fastest:.4g} ms); raise it, or lower the groups' min_keep with --space"
+            )
+    if constraints.max_params is not None:
+        fewest = costs.params(smallest)
+        if fewest > constraints.max_params:
+            raise UserError(
+                f"--max-params {constraints.max_params} is below the smallest plan this space allows "
+                f"({fewest:,} parameters); raise it, or lower the groups' min_keep with --space"
+            )
 
 
 class Strategy(abc.ABC):
@@ -42,11 +164,23 @@ class Strategy(abc.ABC):
 
     name: str = ""
 
-    def __init__(self, space: SearchSpace, importance: str, seed: int, trials: int) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        importance: str,
+        seed: int,
+        trials: int,
+        constraints: Constraints | None = None,
+        costs: PlanCosts | None = None,
+        workers: int = 1,
+    ) -> None:
         self.space = space
         self.importance = importance
         self.seed = seed
         self.trials = trials
+        self.constraints = constraints or Constraints()
+        self.costs = costs
+        self.workers = max(1, workers)
 
     @abc.abstractmethod
     def sampler(self) -> optuna.samplers.BaseSampler:
@@ -62,50 +196,118 @@ class Strategy(abc.ABC):
                 trial.suggest_float(param_name(group.name), group.min_keep, group.max_keep, step=group.step)
         return plan_from_params(trial.params, self.space, self.importance)
 
+    # helpers for strategies that enqueue their proposals
+    def _plan(self, ratios: dict[str, float]) -> PruningPlan:
+        return PruningPlan(keep_ratios=ratios, importance=self.importance, alignment=self.space.alignment)
+
+    def _cost_feasible(self, ratios: dict[str, float]) -> bool:
+        if self.costs is None:
+            return True
+        plan = self._plan(ratios)
+        lat = self.costs.latency_ms(plan) if self.constraints.max_latency_ms is not None else 0.0
+        params = self.costs.params(plan) if self.constraints.max_params is not None else 0
+        return self.constraints.cost_feasible(lat, params)
+
+    def _enqueue(self, study: optuna.Study, ratios: dict[str, float], attrs: dict | None = None) -> None:
+        study.enqueue_trial(
+            {param_name(g.name): ratios[g.name] for g in searched_groups(self.space)},
+            user_attrs=attrs or {}, skip_if_exists=False,
+        )
+
 
 class TPEStrategy(Strategy):
-    """Optuna's multi-objective TPE (accuracy ↑, latency ↓)."""
+    """Optuna's multi-objective TPE (accuracy ↑, latency ↓, optionally size ↓), told the constraints."""
 
     name = "tpe"
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         startup = max(4, min(10, self.trials // 3))
-        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=startup, multivariate=True)
+        return optuna.samplers.TPESampler(
+            seed=self.seed, n_startup_trials=startup, multivariate=True, constant_liar=self.workers > 1,
+        )
+
+
+class NSGA2Strategy(Strategy):
+    """An evolutionary search (Optuna's NSGA-II with constrained domination). With ``workers`` > 1 the runner
+    keeps that many members of a generation in flight at once."""
+
+    name = "nsga2"
+
+    def population_size(self) -> int:
+        return max(4, self.workers, min(20, self.trials // 3))
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(
+            population_size=self.population_size(), seed=self.seed,
+        )
+
+
+class EvolutionStrategy(NSGA2Strategy):
+    """The same evolutionary engine under its generic name."""
+
+    name = "evolution"
 
 
 class RandomStrategy(Strategy):
-    """Independent uniform keep ratios per group: the baseline every learned strategy must beat."""
+    """Independent uniform keep ratios per group: the baseline every learned strategy must beat. Under a latency
+    or parameter limit, plans are drawn until one meets it (rejection sampling), so the budget is honoured."""
 
     name = "random"
+    max_draws = 500
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.seed)
 
+    def before_ask(self, study: optuna.Study) -> None:
+        if self.costs is None or (self.constraints.max_latency_ms is None and self.constraints.max_params is None):
+            return
+        rng = random.Random(f"{self.seed}/{len(study.trials)}")
+        groups = searched_groups(self.space)
+        ratios = {}
+        for _ in range(self.max_draws):
+            ratios = {g.name: grid_value(g, rng.randint(0, grid_steps(g))) for g in groups}
+            if self._cost_feasible(ratios):
+                break
+        self._enqueue(study, ratios)
+
 
 class UniformStrategy(Strategy):
-    """One keep ratio for every group, swept evenly from the smallest allowed ratio to 1.0."""
+    """One keep ratio for every group, swept evenly from the smallest allowed ratio to the largest one that
+    meets the latency / parameter limit (1.0 without one)."""
 
     name = "uniform"
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.seed)
 
+    def _ratios(self, ratio: float) -> dict[str, float]:
+        return {g.name: _snap(g, ratio) for g in searched_groups(self.space)}
+
+    def highest(self) -> float:
+        """The largest uniform ratio meeting the cost limits (bisection on a monotone cost)."""
+        if self._cost_feasible(self._ratios(1.0)):
+            return 1.0
+        lo, hi = min((g.min_keep for g in self.space.groups), default=1.0), 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self._cost_feasible(self._ratios(mid)) else (lo, mid)
+        return lo
+
     def sweep(self) -> list[float]:
         lowest = min((g.min_keep for g in self.space.groups), default=1.0)
+        top = self.highest()
         n = max(1, self.trials)
-        return [lowest + (1.0 - lowest) * k / max(1, n - 1) for k in range(n)] if n > 1 else [lowest]
+        return [lowest + (top - lowest) * k / max(1, n - 1) for k in range(n)] if n > 1 else [lowest]
 
     def before_ask(self, study: optuna.Study) -> None:
         done = {round(float(t.user_attrs.get("uniform_keep", -1)), 6) for t in study.trials}
-        pending = [r for r in self.sweep() if round(r, 6) not in done]
-        ratio = pending[0] if pending else self.sweep()[len(study.trials) % len(self.sweep())]
-        study.enqueue_trial(
-            {param_name(g.name): _snap(g, ratio) for g in self.space.groups if g.min_keep < g.max_keep},
-            user_attrs={"uniform_keep": round(ratio, 6)},
-        )
+        sweep = self.sweep()
+        pending = [r for r in sweep if round(r, 6) not in done]
+        ratio = pending[0] if pending else sweep[len(study.trials) % len(sweep)]
+        self._enqueue(study, self._ratios(ratio), {"uniform_keep": round(ratio, 6)})
 
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (TPEStrategy, RandomStrategy, UniformStrategy)}
+STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
@@ -114,7 +316,23 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
-def create_strategy(name: str, space: SearchSpace, importance: str, seed: int, trials: int) -> Strategy:
+for _cls in (TPEStrategy, NSGA2Strategy, EvolutionStrategy, RandomStrategy, UniformStrategy):
+    register_strategy(_cls)
+
+
+def create_strategy(
+    name: str,
+    space: SearchSpace,
+    importance: str,
+    seed: int,
+    trials: int,
+    constraints: Constraints | None = None,
+    costs: PlanCosts | None = None,
+    workers: int = 1,
+) -> Strategy:
     if name not in STRATEGIES:
         raise unknown_choice("strategy", name, STRATEGIES)
-    return STRATEGIES[name](space, importance, seed, trials)
+    return STRATEGIES[name](space, importance, seed, trials, constraints, costs, workers)
+
+
+from autoprune.search import rl as _rl  # noqa: E402,F401  (registers "rl" the way a plugin would)
