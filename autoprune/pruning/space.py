@@ -157,6 +157,10 @@ class SearchSpace:
             name = entry["name"]
             if name not in by_name:
                 raise UserError(f"{where}: group {name!r} is not a prunable group of {self.model}")
+            known_layers = {layer.name for layer in self.layers}
+            for layer in entry.get("layers") or []:
+                if layer not in known_layers:
+                    raise UserError(f"{where}: layer {layer!r} is not a conv/linear layer of {self.model}")
             lo = float(entry.get("min_keep", by_name[name].min_keep))
             hi = float(entry.get("max_keep", by_name[name].max_keep))
             step = float(entry.get("step", by_name[name].step))
