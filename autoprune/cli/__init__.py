@@ -17,7 +17,7 @@ import typer
 from autoprune.errors import UserError
 
 # Command modules, each with ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES = ("autoprune.cli.search", "autoprune.cli.info", "autoprune.cli.hardware", "autoprune.cli.pruning")
+COMMAND_MODULES = ("autoprune.cli.search", "autoprune.cli.info", "autoprune.cli.hardware", "autoprune.cli.pruning", "autoprune.cli.report")
 
 app = typer.Typer(
     name="autoprune",

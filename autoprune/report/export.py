@@ -1,0 +1,313 @@
+"""Export one trial: rebuild the pruned model from the dense baseline and the trial's plan, fine-tune it
+properly (optionally distilling from the dense model), and write model.pt (TorchScript), model.onnx and a
+model card (JSON + Markdown).
+
+The dense baseline is the study's: same checkpoint, or the same cached (or retrained, bit-for-bit the same
+recipe) weights. The plan is applied whole (channels, then unstructured / N:M zeroing, whose masks are re-applied
+after every fine-tuning step so the zeros stay zeros).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import io
+import math
+import shlex
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.paths import atomic_write_bytes
+from autoprune.report.card import Finetune, ModelCard, OnnxCheck, PredictedLatency, write_card
+from autoprune.report.host import HostLatency, record_host_latency
+from autoprune.search.records import study_info
+
+SAMPLES_FOR_ONNX_CHECK = 256
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How the exported model is fine-tuned and measured.
+
+    ``finetune_epochs`` passes over the training split with SGD (momentum 0.9, weight decay 5e-4) and a cosine
+    schedule from ``lr``; with ``distill`` the loss is ``distill_weight * T^2 * KL(teacher_T || student_T) +
+    (1 - distill_weight) * cross-entropy``, the dense model the teacher, ``T`` = ``temperature``. ``measure``
+    times the exported and the dense model on this host (onnxruntime, ``threads``) and records both on the study.
+    """
+
+    finetune_epochs: int = 3
+    lr: float = 0.01
+    batch_size: int = 64
+    distill: bool = False
+    temperature: float = 4.0
+    distill_weight: float = 0.9
+    measure: bool = True
+    threads: int = 1
+    warmup: int = 20
+    repeats: int = 200
+    bn_recalibration_batches: int = 8
+    record_on_study: bool = True
+
+    def __post_init__(self) -> None:
+        if self.finetune_epochs < 0:
+            raise UserError(f"--finetune-epochs must be 0 or more, got {self.finetune_epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive learning rate, got {self.lr}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UserError(f"--temperature must be positive (typically 2 to 8), got {self.temperature}")
+        if not (0.0 <= self.distill_weight <= 1.0):
+            raise UserError(f"--distill-weight must be in [0, 1] (the share of the distillation loss), got "
+                            f"{self.distill_weight}")
+        if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
+            raise UserError("--threads and --repeats must be at least 1 (warm-up runs 0 or more)")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    card: ModelCard
+    files: dict[str, Path]
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, weight: float) -> torch.Tensor:
+    """``weight * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - weight) * CE(s, labels)`` (Hinton et al.)."""
+    t = temperature
+    kd = nn.functional.kl_div(
+        nn.functional.log_softmax(student_logits / t, dim=1), nn.functional.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean", log_target=True,
+    ) * (t * t)
+    return weight * kd + (1.0 - weight) * nn.functional.cross_entropy(student_logits, labels)
+
+
+def finetune_epochs(model: nn.Module, loader, settings: ExportSettings, seed: int, masks=None,
+                    teacher: nn.Module | None = None, on_epoch: Callable[[int, int, float], None] | None = None
+                    ) -> tuple[int, float]:
+    """Fine-tune ``model`` in place; return (steps, mean loss of the last epoch)."""
+    epochs = settings.finetune_epochs
+    if epochs == 0:
+        return 0, math.nan
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    if teacher is not None:
+        teacher.eval()
+    steps, mean = 0, math.nan
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, batches = 0.0, 0
+        for images, labels in loader:
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(images)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(images)
+                loss = distillation_loss(logits, target, labels, settings.temperature, settings.distill_weight)
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                raise UserError(f"fine-tuning diverged (loss {loss.item()} at step {steps + 1}); lower --lr "
+                                f"(now {settings.lr:g})")
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if masks:
+                masks.apply(model)
+            total += float(loss.detach())
+            batches += 1
+            steps += 1
+        mean = total / max(1, batches)
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, mean)
+    model.eval()
+    return steps, mean
+
+
+def torchscript_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """A traced TorchScript archive of ``model`` (loads with ``torch.jit.load``, no autoprune code needed)."""
+    model.eval()
+    example = torch.zeros(input_shape)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def _file_entry(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _val_images(data, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for x, y in data.loader("val", 256, 0, shuffle=False):
+        images.append(x)
+        labels.append(y)
+        if sum(len(b) for b in images) >= limit:
+            break
+    return torch.cat(images)[:limit], torch.cat(labels)[:limit]
+
+
+def onnx_check(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> OnnxCheck:
+    from autoprune.onnx_export import ort_predict, ort_session
+
+    with torch.no_grad():
+        expected = torch.cat([model(images[i:i + 1]) for i in range(len(images))]).numpy()
+    got = ort_predict(ort_session(onnx_path), images.numpy().astype(np.float32))
+    agreement = float(np.mean(expected.argmax(1) == got.argmax(1))) if len(images) else math.nan
+    return OnnxCheck(len(images), float(np.max(np.abs(expected - got))) if len(images) else math.nan, agreement)
+
+
+def reproduce_command(study: str, storage: str, trial: int, out_dir: Path, s: ExportSettings) -> str:
+    args = ["autoprune", "export", "--study", study, "--storage", storage, "--trial", str(trial),
+            "--out", str(out_dir), "--finetune-epochs", str(s.finetune_epochs), "--lr", f"{s.lr:g}",
+            "--batch-size", str(s.batch_size)]
+    if s.distill:
+        args += ["--distill", "--temperature", f"{s.temperature:g}", "--distill-weight", f"{s.distill_weight:g}"]
+    if s.measure:
+        args += ["--threads", str(s.threads), "--repeats", str(s.repeats)]
+    else:
+        args += ["--no-measure"]
+    return shlex.join(args)
+
+
+def _completed_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    completed = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE and "plan" in t.user_attrs)
+    if number in trials and number in completed:
+        return trials[number]
+    shown = ", ".join(map(str, completed[:20])) + (", ..." if len(completed) > 20 else "")
+    state = f" (it is {trials[number].state.name})" if number in trials else ""
+    raise UserError(f"trial {number} of study {study.study_name!r} is not a completed trial{state}; "
+                    f"completed trials: {shown or 'none'} (see `autoprune report` or `autoprune select`)")
+
+
+def export_trial(
+    study: optuna.Study,
+    trial: int,
+    out_dir: Path,
+    settings: ExportSettings = ExportSettings(),
+    storage: str = "",
+    command: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+) -> ExportResult:
+    """Rebuild, fine-tune and export trial ``trial`` of ``study`` into ``out_dir`` (see the module docstring)."""
+    from autoprune.baseline import BaselineSpec, get_baseline
+    from autoprune.data import load_data
+    from autoprune.onnx_export import export_onnx
+    from autoprune.plan import PruningPlan
+    from autoprune.pruning import model_stats, prune
+    from autoprune.pruning.importance import needs_calibration
+    from autoprune.training import evaluate, recalibrate_bn
+
+    stage = on_stage or (lambda text: None)
+    frozen = _completed_trial(study, trial)
+    info = study_info(study)
+    if not info.get("baseline_spec"):
+        raise UserError(f"study {study.study_name!r} predates recorded baseline specs; re-run `autoprune search` "
+                        "with this version to export from it")
+    spec = BaselineSpec.from_dict(info["baseline_spec"])
+    config = dict(info.get("config", {}))
+    input_shape = tuple(int(d) for d in info["input_shape"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    stage(f"loading data {info['data']}")
+    data = load_data(str(info["data"]), input_shape[2:], spec.seed)
+    stage("loading the dense baseline")
+    checkpoint = info.get("checkpoint")
+    baseline = get_baseline(spec, data, Path(checkpoint) if checkpoint else None,
+                            bool(config.get("trust_checkpoint", False)))
+    dense = baseline.model.eval()
+
+    plan = PruningPlan.from_dict(frozen.user_attrs["plan"])
+    stage(f"pruning by trial {trial}'s plan")
+    model = copy.deepcopy(dense)
+    train = data.loader("train", settings.batch_size, spec.seed)
+    calibration = None
+    if needs_calibration(plan.importance):
+        calibration = [batch for _, batch in zip(range(2), data.loader("train", 64, spec.seed))]
+    pruned = prune(model, plan, torch.zeros(input_shape), calibration=calibration, seed=spec.seed)
+    recalibrate_bn(model, train, settings.bn_recalibration_batches)
+    pruned.masks.apply(model)
+
+    started = time.perf_counter()
+    stage(f"fine-tuning for {settings.finetune_epochs} epoch(s)" + (" with distillation" if settings.distill else ""))
+    steps, last_loss = finetune_epochs(model, train, settings, spec.seed, pruned.masks,
+                                       teacher=dense if settings.distill else None, on_epoch=on_epoch)
+    tune_seconds = time.perf_counter() - started
+    result = evaluate(model, data.loader("val", 256, spec.seed, shuffle=False), data.num_classes)
+    stats = model_stats(model, input_shape)
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zero = sum(int((w == 0).sum()) for w in weights)
+    numel = sum(w.numel() for w in weights)
+
+    stage("writing model.pt and model.onnx")
+    pt_path = out_dir / "model.pt"
+    atomic_write_bytes(pt_path, torchscript_bytes(model, input_shape))
+    onnx_path = export_onnx(model, input_shape, out_dir / "model.onnx")
+    images, _ = _val_images(data, SAMPLES_FOR_ONNX_CHECK)
+    check = onnx_check(model, onnx_path, images)
+
+    host = dense_host = None
+    if settings.measure:
+        from autoprune.hardware import measure_model_latency
+
+        stage("measuring latency on this host (exported and dense model)")
+        kwargs = {"threads": settings.threads, "warmup": settings.warmup, "repeats": settings.repeats}
+        host = HostLatency.from_measurement(measure_model_latency(model, input_shape, **kwargs),
+                                            "exported model (fine-tuned), onnxruntime")
+        dense_host = HostLatency.from_measurement(measure_model_latency(dense, input_shape, **kwargs),
+                                                  "dense model")
+        if settings.record_on_study:
+            record_host_latency(study, trial, host)
+            record_host_latency(study, None, dense_host)
+
+    base = dict(info.get("baseline", {}))
+    attrs = frozen.user_attrs
+    dense_params = int(base.get("params", 0)) or sum(p.numel() for p in dense.parameters())
+    reproduce = reproduce_command(study.study_name, storage, trial, out_dir, settings)
+    import onnxruntime
+    import torchvision
+
+    card = ModelCard(
+        schema=1, study=study.study_name, storage=storage, trial=trial, strategy=str(attrs.get("strategy", "")),
+        model=str(info["model"]), data=str(info["data"]), input_shape=input_shape,
+        class_names=tuple(str(c) for c in data.class_names), plan=plan.to_dict(), accuracy=result.accuracy,
+        per_class_accuracy=tuple(result.per_class_accuracy), search_accuracy=float(attrs["accuracy"]),
+        dense_accuracy=float(base.get("accuracy", math.nan)),
+        finetune=Finetune(settings.finetune_epochs, steps, settings.lr, settings.batch_size, settings.distill,
+                          settings.temperature if settings.distill else None,
+                          settings.distill_weight if settings.distill else None, last_loss, round(tune_seconds, 2)),
+        predicted_latency=PredictedLatency(
+            str(info.get("target", "")), float(attrs["latency_ms"]), str(attrs.get("latency_provenance", "")),
+            str(attrs.get("latency_source", "")), float(base.get("latency_ms", math.nan)),
+        ),
+        host_latency=host, dense_host_latency=dense_host, params=stats.params, nonzero_params=stats.nonzero_params,
+        dense_params=dense_params, macs=stats.macs, mflops=round(stats.mflops, 3), size_mb=round(stats.size_mb, 3),
+        sparsity=1.0 - stats.nonzero_params / dense_params, weight_sparsity=zero / numel if numel else 0.0,
+        onnx_check=check, files={"torchscript": _file_entry(pt_path), "onnx": _file_entry(onnx_path)},
+        command=command or reproduce, reproduce=reproduce,
+        created_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        software={"torch": torch.__version__, "torchvision": torchvision.__version__,
+                  "onnxruntime": onnxruntime.__version__},
+    )
+    json_path, md_path = write_card(card, out_dir)
+    return ExportResult(out_dir, card, {"torchscript": pt_path, "onnx": onnx_path, "card_json": json_path,
+                                        "card_md": md_path})

@@ -1,0 +1,382 @@
+"""The report of a study as a plain record: computed here, rendered by ``render_html`` / ``render_md``.
+
+Everything a report shows is in :class:`ReportRecord`; renderers do no arithmetic beyond formatting.
+Accuracies are fractions in [0, 1]; "points" are percentage points (0.05 = 5 points).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.plan import kept_channels
+from autoprune.report.host import HostLatency, read_host_latencies
+from autoprune.search.pareto import hypervolume
+from autoprune.search.records import completed_records, pareto_records, study_info
+
+REPORT_SCHEMA = 1
+DEFAULT_CLASS_DROP_THRESHOLD = 0.05
+ALL_STRATEGIES = "all strategies"
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready copy of a record: dataclasses to dicts, tuples to lists, NaN/inf to None."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class DenseRecord:
+    """The unpruned model: the reference every candidate is compared with."""
+
+    accuracy: float
+    per_class_accuracy: tuple[float, ...]
+    latency_ms: float  # predicted on the target by the cost model
+    latency_provenance: str
+    latency_source: str
+    params: int
+    nonzero_params: int
+    mflops: float
+    size_mb: float
+    source: str
+    host_latency: HostLatency | None
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One completed trial, as plotted (hover text comes from these fields)."""
+
+    trial: int
+    strategy: str
+    accuracy: float
+    proxy_accuracy: float
+    latency_ms: float
+    latency_provenance: str
+    speedup: float
+    params: int
+    mflops: float
+    size_mb: float
+    pareto_optimal: bool
+    feasible: bool = True  # met the search's latency/accuracy/params limits (infeasible trials never join the front)
+    fidelity: str = "finetuned"  # "finetuned" | "cut_short" | "proxy" (accuracy before any fine-tuning)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """A point of the uniform-ratio baseline curve; ``trial`` is None for the dense model (keep ratio 1)."""
+
+    trial: int | None
+    keep_ratio: float | None  # the common keep ratio, None when the plan's ratios differ
+    accuracy: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class HypervolumeCurve:
+    """Hypervolume of the front found by ``strategy`` after each of its trials (x: the study's trial numbers)."""
+
+    strategy: str
+    trials: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def final(self) -> float:
+        return self.values[-1] if self.values else 0.0
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """One class of one candidate: accuracy vs the dense model; ``excess_drop`` = drop minus the average drop."""
+
+    name: str
+    dense: float
+    candidate: float
+    drop: float
+    excess_drop: float
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A Pareto-optimal trial, with everything the candidate table, heatmap and per-class view show."""
+
+    trial: int
+    strategy: str
+    accuracy: float
+    delta_accuracy: float  # accuracy - dense accuracy
+    latency_ms: float  # predicted on the target
+    latency_provenance: str
+    speedup: float  # predicted dense latency / predicted latency
+    host_latency: HostLatency | None
+    host_speedup: float | None  # measured dense / measured candidate on the host, when both were measured
+    params: int
+    nonzero_params: int
+    mflops: float
+    size_mb: float
+    sparsity: float  # 1 - nonzero params / dense params: the fraction of the dense weights removed or zeroed
+    keep_ratios: tuple[float, ...]  # per group, in ReportRecord.group_names order (1.0: group untouched)
+    kept_channels: tuple[int, ...]
+    plan: Mapping[str, Any]
+    average_drop: float  # dense accuracy - candidate accuracy
+    per_class: tuple[ClassAccuracy, ...]
+
+    @property
+    def flagged_classes(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.per_class if c.flagged)
+
+
+@dataclass(frozen=True)
+class CostModelInfo:
+    """The target profile behind the predicted latencies, and how well it was validated."""
+
+    target: str
+    device: str
+    runtime: str
+    precision: str
+    provenance: str
+    source: str
+    validation_key: str
+    validation: Mapping[str, Any] | None  # the profile's validation of this model at this input shape
+    validation_summary: str
+    other_validations: Mapping[str, str]  # other models' validation summaries in the same profile
+    caveats: tuple[str, ...]
+    note: str  # why figures are missing, when they are
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    """Everything ``autoprune report`` shows for one study."""
+
+    schema: int
+    study: str
+    storage: str
+    generated_at: str
+    model: str
+    target: str
+    data: str
+    input_shape: tuple[int, ...]
+    latency_provenance: str  # of the trials' predicted latencies ("calibrated", or "mixed: ...")
+    latency_source: str
+    latency_axis_title: str
+    dense: DenseRecord
+    group_names: tuple[str, ...]
+    group_channels: tuple[int, ...]
+    alignment: int
+    class_names: tuple[str, ...]
+    strategies: tuple[str, ...]
+    trials: tuple[TrialPoint, ...]
+    completed_trials: int
+    failed_trials: int
+    pareto: tuple[Candidate, ...]  # fastest first
+    uniform_curve: tuple[CurvePoint, ...]  # uniform-strategy trials by latency, then the dense model
+    hypervolume: tuple[HypervolumeCurve, ...]
+    hypervolume_reference: tuple[float, float]  # (accuracy, latency_ms)
+    hypervolume_note: str
+    class_drop_threshold: float
+    cost_model: CostModelInfo
+    config: Mapping[str, Any]
+    baseline_spec: Mapping[str, Any]
+    host_measured_trials: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = plain(self)
+        for row, candidate in zip(data["pareto"], self.pareto):
+            row["flagged_classes"] = list(candidate.flagged_classes)
+        return data
+
+
+def _f(value: Any, default: float = math.nan) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _provenance_summary(values: Sequence[str]) -> str:
+    counts = Counter(v or "unknown" for v in values)
+    if len(counts) <= 1:
+        return next(iter(counts), "unknown")
+    return "mixed: " + ", ".join(f"{k} ({n} trials)" for k, n in sorted(counts.items()))
+
+
+def _common_ratio(plan: Mapping[str, Any], groups: Sequence[str]) -> float | None:
+    ratios = {round(_f(plan.get("keep_ratios", {}).get(g, 1.0)), 6) for g in groups}
+    return ratios.pop() if len(ratios) == 1 else None
+
+
+def per_class_drops(
+    dense: Sequence[float], candidate: Sequence[float], names: Sequence[str], average_drop: float, threshold: float
+) -> tuple[ClassAccuracy, ...]:
+    """Each class's drop vs dense; flagged when the class lost accuracy and its drop exceeds the average drop
+    (``dense accuracy - candidate accuracy``) by more than ``threshold``."""
+    rows = []
+    for i, (d, c) in enumerate(zip(dense, candidate)):
+        d, c = _f(d), _f(c)
+        drop = d - c
+        excess = drop - average_drop
+        flagged = math.isfinite(excess) and drop > 0 and excess > threshold + 1e-12
+        rows.append(ClassAccuracy(str(names[i]) if i < len(names) else str(i), d, c, drop, excess, flagged))
+    return tuple(rows)
+
+
+def hypervolume_curves(points: Sequence[TrialPoint], reference: tuple[float, float]) -> tuple[HypervolumeCurve, ...]:
+    """Per strategy (and over all trials when several strategies ran), normalised hypervolume after each trial.
+
+    Infeasible trials (outside the search's limits) add nothing, as they never join the front."""
+    ref_acc, ref_lat = reference
+    scale = (1.0 - ref_acc) * ref_lat if ref_lat > 0 else 1.0
+    ordered = sorted(points, key=lambda p: p.trial)
+    strategies = sorted({p.strategy for p in ordered})
+    groups = [(s, [p for p in ordered if p.strategy == s]) for s in strategies]
+    if len(strategies) > 1:
+        groups.append((ALL_STRATEGIES, ordered))
+    curves = []
+    for name, members in groups:
+        values, seen = [], []
+        for p in members:
+            if p.feasible:
+                seen.append((p.accuracy, p.latency_ms))
+            values.append(hypervolume(seen, reference) / scale)
+        curves.append(HypervolumeCurve(name, tuple(p.trial for p in members), tuple(values)))
+    return tuple(curves)
+
+
+def cost_model_info(info: Mapping[str, Any]) -> CostModelInfo:
+    """What the study's target profile says about itself; a missing profile leaves a note, not an error."""
+    from autoprune.hardware import load_profile, model_key
+
+    target = str(info.get("target", ""))
+    key = model_key(str(info.get("model", "")), info.get("input_shape") or ())
+    try:
+        profile = load_profile(target)
+    except Exception as err:  # noqa: BLE001 - the report still renders without the profile
+        return CostModelInfo(target, "", "", "", str(info.get("profile_provenance", "")),
+                             str(info.get("profile_source", "")), key, None, "", {}, (),
+                             f"profile {target!r} could not be loaded here: {str(err).splitlines()[0]}")
+    validation = profile.validation.get(key)
+    others = {k: v.summary() for k, v in profile.validation.items() if k != key}
+    note = "" if validation else (
+        f"the profile holds no validation for {key}: its predictions were not compared with measurements "
+        "(`autoprune profile validate` fills it in)"
+    )
+    return CostModelInfo(
+        target=profile.name, device=profile.device, runtime=profile.runtime, precision=profile.precision,
+        provenance=profile.provenance, source=profile.provenance_source, validation_key=key,
+        validation=plain(vars(validation)) if validation else None,
+        validation_summary=validation.summary() if validation else "", other_validations=others,
+        caveats=tuple(profile.caveats), note=note,
+    )
+
+
+def build_report(
+    study: optuna.Study,
+    storage: str = "",
+    class_drop_threshold: float = DEFAULT_CLASS_DROP_THRESHOLD,
+    now: _dt.datetime | None = None,
+) -> ReportRecord:
+    """Compute the report record of an autoprune study (see the module docstring)."""
+    info = study_info(study)
+    base = dict(info.get("baseline", {}))
+    host = read_host_latencies(study)
+    groups = [(str(g["name"]), int(g["channels"])) for g in info.get("groups", [])]
+    group_names = tuple(n for n, _ in groups)
+    alignment = int(info.get("alignment", 1) or 1)
+    class_names = tuple(str(c) for c in base.get("class_names", []))
+    dense_acc = _f(base.get("accuracy"))
+    dense_lat = _f(base.get("latency_ms"))
+    dense_params = int(base.get("params", 0) or 0)
+    dense_per_class = tuple(_f(v) for v in base.get("per_class_accuracy", []))
+    dense = DenseRecord(
+        accuracy=dense_acc, per_class_accuracy=dense_per_class, latency_ms=dense_lat,
+        latency_provenance=str(base.get("latency_provenance", "")), latency_source=str(base.get("latency_source", "")),
+        params=dense_params, nonzero_params=int(base.get("nonzero_params", dense_params) or 0),
+        mflops=_f(base.get("mflops")), size_mb=_f(base.get("size_mb")), source=str(base.get("source", "")),
+        host_latency=host.get(None),
+    )
+
+    records = completed_records(study)
+    attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
+    front_numbers = [r.number for r in pareto_records(records)]  # the search's own front: feasible, fastest first
+    on_front = set(front_numbers)
+
+    points = [
+        TrialPoint(
+            trial=r.number, strategy=r.strategy, accuracy=r.accuracy,
+            proxy_accuracy=_f(attrs[r.number].get("proxy_accuracy")), latency_ms=r.latency_ms,
+            latency_provenance=r.latency_provenance,
+            speedup=dense_lat / r.latency_ms if r.latency_ms > 0 else math.nan, params=r.params, mflops=r.mflops,
+            size_mb=r.size_mb, pareto_optimal=r.number in on_front, feasible=bool(getattr(r, "feasible", True)),
+            fidelity=str(getattr(r, "fidelity", attrs[r.number].get("fidelity", "finetuned"))),
+        )
+        for r in records
+    ]
+    by_trial = {p.trial: p for p in points}
+    candidates = []
+    for number in front_numbers:
+        a, p = attrs[number], by_trial[number]
+        plan = dict(a.get("plan", {}))
+        ratios = tuple(_f(plan.get("keep_ratios", {}).get(n, 1.0)) for n in group_names)
+        align = int(plan.get("alignment", alignment) or alignment)
+        kept = tuple(kept_channels(c, r, align) for (_, c), r in zip(groups, ratios))
+        average_drop = dense_acc - p.accuracy
+        measured = host.get(p.trial)
+        nonzero = int(a.get("nonzero_params", a.get("params", 0)))
+        candidates.append(Candidate(
+            trial=p.trial, strategy=p.strategy, accuracy=p.accuracy, delta_accuracy=p.accuracy - dense_acc,
+            latency_ms=p.latency_ms, latency_provenance=p.latency_provenance, speedup=p.speedup,
+            host_latency=measured,
+            host_speedup=(dense.host_latency.mean_ms / measured.mean_ms) if measured and dense.host_latency else None,
+            params=p.params, nonzero_params=nonzero, mflops=p.mflops, size_mb=p.size_mb,
+            sparsity=1.0 - nonzero / dense_params if dense_params else math.nan,
+            keep_ratios=ratios, kept_channels=kept, plan=plan, average_drop=average_drop,
+            per_class=per_class_drops(dense_per_class, a.get("per_class_accuracy", []), class_names, average_drop,
+                                      class_drop_threshold),
+        ))
+
+    uniform = sorted((p for p in points if p.strategy == "uniform"), key=lambda p: p.latency_ms)
+    curve: list[CurvePoint] = [
+        CurvePoint(p.trial, _common_ratio(attrs[p.trial].get("plan", {}), group_names), p.accuracy,
+                   p.latency_ms)
+        for p in uniform
+    ]
+    if curve:
+        curve.append(CurvePoint(None, 1.0, dense_acc, dense_lat))
+
+    reference = (0.0, dense_lat)
+    provenance = _provenance_summary([p.latency_provenance for p in points] or [dense.latency_provenance])
+    target = str(info.get("target", ""))
+    cost = cost_model_info(info)
+    return ReportRecord(
+        schema=REPORT_SCHEMA, study=study.study_name, storage=storage,
+        generated_at=(now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
+        model=str(info.get("model", "")), target=target, data=str(info.get("data", "")),
+        input_shape=tuple(int(d) for d in info.get("input_shape", [])),
+        latency_provenance=provenance, latency_source=dense.latency_source,
+        latency_axis_title=f"latency on {target} (ms, {provenance}: predicted by the cost model)",
+        dense=dense, group_names=group_names, group_channels=tuple(c for _, c in groups), alignment=alignment,
+        class_names=class_names, strategies=tuple(sorted({p.strategy for p in points})), trials=tuple(points),
+        completed_trials=len(points), failed_trials=failed, pareto=tuple(candidates), uniform_curve=tuple(curve),
+        hypervolume=hypervolume_curves(points, reference), hypervolume_reference=reference,
+        hypervolume_note=(
+            "area dominated by the front within accuracy in [0, 1] x latency in [0, dense latency], as a fraction "
+            "of that box (1 = a perfect model at zero latency)"
+        ),
+        class_drop_threshold=class_drop_threshold, cost_model=cost, config=dict(info.get("config", {})),
+        baseline_spec=dict(info.get("baseline_spec", {})),
+        host_measured_trials=tuple(sorted(n for n in host if n is not None)),
+    )
