@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from autoprune.cli.common import err_console, out_console, parse_input_shape, print_json
@@ -52,7 +53,7 @@ class RichReporter:
         if self._task is None:
             self._task = self.progress.add_task("trials", total=total, completed=done)
         if failed:
-            self.progress.console.print(f"[yellow]trial failed:[/yellow] {failed}")
+            self.progress.console.print(f"[yellow]trial failed:[/yellow] {escape(failed)}")
         best = max(front, key=lambda r: r.accuracy, default=None)
         fastest = min(front, key=lambda r: r.latency_ms, default=None)
         text = "trials"
@@ -89,7 +90,7 @@ def search(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict of the trained dense model (loaded with weights_only=True); without it a baseline is trained and cached."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint; unpickling runs code from the file, so only for files you trust."),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights to start from, e.g. DEFAULT (needs network access once)."),
-    strategy: str = typer.Option("tpe", "--strategy", help="search strategy: tpe | random | uniform."),
+    strategy: str = typer.Option("tpe", "--strategy", help="search strategy: tpe | nsga2 (evolution) | rl | random | uniform."),
     trials: int = typer.Option(24, "--trials", help="number of candidates to evaluate (completed trials of a resumed study count)."),
     finetune_steps: int = typer.Option(50, "--finetune-steps", help="SGD steps of fine-tuning per candidate before measuring accuracy."),
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs when training the dense baseline."),
@@ -100,6 +101,17 @@ def search(
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="model input NxCxHxW; latency is predicted at this shape."),
     seed: int = typer.Option(0, "--seed", help="seed for data split, baseline, sampler and fine-tuning."),
     space: Optional[Path] = typer.Option(None, "--space", help="YAML search space with per-group keep ranges (see `autoprune space`)."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="latency limit (ms, predicted on TARGET); slower candidates are infeasible."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="accuracy limit as a fraction (0.9 = 90%); less accurate candidates are infeasible."),
+    max_params: Optional[int] = typer.Option(None, "--max-params", help="parameter-count limit; larger candidates are infeasible."),
+    size_objective: bool = typer.Option(False, "--size-objective", help="minimise model size (MB) as a third objective (tpe, nsga2)."),
+    multi_fidelity: bool = typer.Option(True, "--multi-fidelity/--no-multi-fidelity", help="skip or cut short fine-tuning of candidates that cannot reach the Pareto front."),
+    backend: str = typer.Option("local", "--backend", help="where candidates are evaluated: local | ray."),
+    workers: int = typer.Option(1, "--workers", help="parallel trials (--backend ray)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT. Default: start a local runtime on 127.0.0.1."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs reserved per Ray worker."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs reserved per Ray worker."),
+    worker_retries: int = typer.Option(1, "--worker-retries", help="re-runs of a trial whose Ray worker died, before it is failed."),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON on stdout."),
 ) -> None:
     """Search per-group keep ratios for MODEL on TARGET; print the accuracy-vs-latency Pareto front."""
@@ -108,7 +120,10 @@ def search(
         trust_checkpoint=trust_checkpoint, weights=weights, strategy=strategy, trials=trials,
         finetune_steps=finetune_steps, baseline_epochs=baseline_epochs, importance=importance, study=study,
         storage=storage, out_dir=str(out) if out else None, input_shape=parse_input_shape(input_shape), seed=seed,
-        space_file=str(space) if space else None,
+        space_file=str(space) if space else None, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
+        max_params=max_params, size_objective=size_objective, multi_fidelity=multi_fidelity, backend=backend,
+        workers=workers, ray_address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        worker_retries=worker_retries,
     )
     started = time.perf_counter()
     with RichReporter(quiet=json_output) as reporter:

@@ -53,7 +53,7 @@ class RLStrategy(Strategy):
     epochs = 16  # gradient steps per update
     clip = 0.2
     lr = 0.01
-    greedy_every = 0  # every third episode exploits the current policy (mean actions)
+    greedy_every = 0  # if > 0, every n-th episode exploits the policy (mean actions, no noise)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,122 @@
+"""Every strategy through the real ask/tell loop on the synthetic problem (real Optuna studies, milliseconds)."""
+
+import math
+import statistics
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprune.errors import UserError
+from autoprune.search.backends import LocalExecutor
+from autoprune.search.records import completed_records, pareto_records
+from autoprune.search.runner import optimize
+from autoprune.search.strategies import STRATEGIES, Constraints, check_budget_reachable, create_strategy
+from autoprune.search.synthetic import SyntheticEvaluator, SyntheticProblem
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _run(name, trials, constraints=Constraints(), seed=0, evaluator=None, study=None, problem=None):
+    problem = problem or SyntheticProblem(groups=6, seed=0)
+    strategy = create_strategy(name, problem.space, "l1", seed, trials, constraints, problem)
+    study = study or optuna.create_study(directions=["maximize", "minimize"])
+    study.sampler = strategy.sampler()
+    optimize(study, strategy, LocalExecutor(evaluator or SyntheticEvaluator(problem)), trials, constraints,
+             multi_fidelity=False)
+    return study, problem
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_each_strategy_completes_its_trials_with_keep_params(name):
+    study, problem = _run(name, 8)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 8
+    groups = {f"keep/{g.name}" for g in problem.space.groups}
+    for t in done:
+        assert set(t.params) == groups
+        assert t.user_attrs["strategy"] == name and t.user_attrs["feasible"] is True
+        assert math.isclose(t.values[0], problem.accuracy(problem.plan({k[5:]: v for k, v in t.params.items()})))
+
+
+@pytest.mark.parametrize("name", ["rl", "random", "uniform"])
+def test_bounded_strategies_only_propose_plans_within_the_latency_budget(name):
+    problem = SyntheticProblem(groups=6, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    limit = Constraints(max_latency_ms=0.4 * dense)
+    study, _ = _run(name, 10, limit, problem=problem)
+    latencies = [t.user_attrs["latency_ms"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(latencies) == 10 and max(latencies) <= 0.4 * dense + 1e-9
+    assert min(latencies) < 0.4 * dense  # not a single degenerate plan
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_infeasible_candidates_are_flagged_and_never_pareto_optimal(name):
+    problem = SyntheticProblem(groups=6, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    limit = Constraints(max_latency_ms=0.5 * dense, min_accuracy=0.5)
+    study, _ = _run(name, 16, limit, problem=problem)
+    records = completed_records(study)
+    infeasible = [r for r in records if not r.feasible]
+    assert infeasible, "random start-up trials should include plans over the budget"
+    for r in infeasible:
+        assert r.latency_ms > 0.5 * dense or r.accuracy < 0.5
+    front = pareto_records(records)
+    assert front and all(r.feasible and r.latency_ms <= 0.5 * dense for r in front)
+    trial = study.trials[infeasible[0].number]
+    assert max(trial.user_attrs["constraints"].values()) > 0  # the sampler saw it as infeasible
+
+
+def test_budget_below_the_smallest_plan_is_a_user_error():
+    problem = SyntheticProblem(groups=4, seed=0)
+    fastest = problem.latency_ms(problem.plan({g.name: g.min_keep for g in problem.space.groups}))
+    with pytest.raises(UserError, match="--max-latency-ms .* below the fastest plan"):
+        check_budget_reachable(problem.space, problem, Constraints(max_latency_ms=fastest * 0.9), "l1")
+    with pytest.raises(UserError, match="--max-params"):
+        check_budget_reachable(problem.space, problem, Constraints(max_params=10), "l1")
+
+
+def test_nan_objective_and_evaluator_errors_become_failed_trials():
+    problem = SyntheticProblem(groups=4, seed=0)
+    study, _ = _run("random", 6, evaluator=SyntheticEvaluator(problem, fail_calls=(2,), nan_calls=(4,)), problem=problem)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert sorted(t.number for t in failed) == [1, 3]
+    reasons = sorted(t.user_attrs["fail_reason"] for t in failed)
+    assert reasons[0].startswith("RuntimeError: synthetic failure") and reasons[1].startswith("non-finite objective")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4  # failures count toward --trials
+
+
+def test_many_failures_in_a_row_stop_with_a_user_error():
+    problem = SyntheticProblem(groups=4, seed=0)
+    with pytest.raises(UserError, match="5 trials in a row failed"):
+        _run("random", 10, evaluator=SyntheticEvaluator(problem, fail_calls=tuple(range(1, 11))), problem=problem)
+
+
+def test_rl_policy_is_rebuilt_from_recorded_trials_on_resume():
+    problem = SyntheticProblem(groups=4, seed=0)
+    study, _ = _run("rl", 10, problem=problem)
+    fresh = create_strategy("rl", problem.space, "l1", 0, 10, Constraints(), problem)
+    updates = fresh.learn(study)
+    assert updates == 10 // fresh.batch and len(fresh._buffer) == 10
+    # it then continues the same study; earlier trials count toward --trials
+    _run("rl", 14, study=study, problem=problem)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 14
+
+
+@pytest.mark.slow
+def test_rl_agent_learns_and_beats_random_search_at_equal_budget():
+    """Synthetic objective with hidden per-group sensitivities under a 35% latency budget. At 60 episodes the
+    agent's proposals must improve (last 20 vs first 20) and be better on average than random search's."""
+    problem = SyntheticProblem(groups=8, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    limit = Constraints(max_latency_ms=0.35 * dense)
+    rl_first, rl_last, random_mean = [], [], []
+    for seed in (0, 1):
+        rl, _ = _run("rl", 60, limit, seed=seed, problem=problem)
+        accs = [t.values[0] for t in rl.trials]
+        rl_first.append(statistics.mean(accs[:20]))
+        rl_last.append(statistics.mean(accs[-20:]))
+        rnd, _ = _run("random", 60, limit, seed=seed, problem=problem)
+        random_mean.append(statistics.mean(t.values[0] for t in rnd.trials))
+    assert statistics.mean(rl_last) > statistics.mean(rl_first) + 0.02
+    assert statistics.mean(rl_last) > statistics.mean(random_mean) + 0.03
