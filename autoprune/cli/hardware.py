@@ -53,10 +53,10 @@ def targets(json_output: bool = typer.Option(False, "--json", help="print the ta
         return
     from rich.table import Table
 
-    table = Table("target", "aliases", "device", "runtime", "precision", "provenance", "validation")
+    table = Table("target", "aliases", "runtime", "provenance", "device / source / validation")
     for t in found:
-        table.add_row(t.name, ", ".join(t.aliases), t.device, t.runtime, t.precision, t.provenance,
-                      t.validation or "-")
+        detail = f"{t.device}\n[dim]{t.source}[/dim]" + (f"\n{t.validation}" if t.validation else "")
+        table.add_row(t.name, ", ".join(t.aliases), f"{t.runtime} {t.precision}", t.provenance, detail)
     out_console.print(table)
 
 
@@ -167,7 +167,7 @@ def profile_measure(
     max_points: int = typer.Option(13, "--max-points", help="most channel counts per axis (rest interpolated)."),
     warmup: int = typer.Option(20, "--warmup"),
     repeats: int = typer.Option(200, "--repeats"),
-    calibration_points: int = typer.Option(8, "--calibration-points", help="whole-model measurements (0: none)."),
+    calibration_points: int = typer.Option(12, "--calibration-points", help="whole-model measurements (0: none)."),
     num_classes: int = typer.Option(10, "--num-classes"),
     pin_cpu: int = typer.Option(None, "--pin-cpu", help="pin the measuring process to this CPU."),
 ) -> None:
@@ -175,21 +175,34 @@ def profile_measure(
     from autoprune.hardware import save_profile
     from autoprune.hardware.measure import Timing
     from autoprune.hardware.profile import read_profile
-    from autoprune.hardware.profiling import calibrate, default_alignment, host_profile, measure_table, signature_grid
+    from autoprune.hardware.profiling import (
+        calibration_from,
+        default_alignment,
+        host_profile,
+        measure_table,
+        measure_with_calibration,
+        signature_grid,
+    )
 
     base = read_profile(out) if out.is_file() else None
     align = alignment or (base.alignment if base else default_alignment(backend_name, "fp32"))
     space = _space(model, input_shape, align, space_file, num_classes)
     sigs = signature_grid(space, align, "fp32", max_points)
     timing = Timing(warmup, repeats)
-    with _progress(f"measuring {len(sigs)} layer signatures") as progress:
-        entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu)
-    profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
+    if backend_name == "onnxruntime" and calibration_points > 1:
+        label = f"measuring {len(sigs)} layer signatures + {calibration_points} whole models"
+        with _progress(label) as progress:
+            entries, overhead, plans, measured = measure_with_calibration(
+                space, sigs, threads, timing, calibration_points, progress, pin_cpu)
+        profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
+        profile = calibration_from(profile, space, plans, measured,
+                                   f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random "
+                                   "plans, seed 0) timed in the same interleaved passes as the table")
+    else:
+        with _progress(f"measuring {len(sigs)} layer signatures") as progress:
+            entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu)
+        profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
     save_profile(profile, out)
-    if calibration_points > 0 and backend_name == "onnxruntime":
-        with _progress(f"calibrating on {calibration_points} whole models") as progress:
-            profile = calibrate(profile, space, calibration_points, progress=progress, pin_cpu=pin_cpu)
-        save_profile(profile, out)
     err_console.print(f"wrote {out}: {len(profile.entries)} entries, alignment {align}, "
                       f"call overhead {overhead:.4f} ms")
 
@@ -283,6 +296,9 @@ def profile_validate(
     if samples < 2:
         raise UserError("--samples must be at least 2 (Kendall tau needs two plans)")
     profile = load_profile(target)
+    if profile.runtime != "onnxruntime":
+        raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
+                        "onnxruntime on this machine, so it can only validate onnxruntime CPU profiles here")
     space = _space(model, input_shape, profile.alignment, None, num_classes)
     command = (f"autoprune profile validate --target {shlex.quote(target)} --model {model} --samples {samples} "
                f"--input-shape {input_shape} --seed {seed}")

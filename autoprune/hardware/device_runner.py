@@ -78,6 +78,37 @@ def time_ort(path_or_bytes, input_shape, threads: int = 1, warmup: int = 20, rep
     return robust_stats(samples)
 
 
+def time_ort_many(items, threads: int = 1, warmup: int = 20, repeats: int = 100, rounds: int = 5,
+                  progress=None) -> list[dict]:
+    """Like :func:`time_ort` for many ``(model, input_shape)`` items, interleaved in ``rounds`` passes.
+
+    On a machine shared with other work, load drifts over seconds; timing every model a little in each pass
+    spreads that drift evenly over all models instead of penalising whichever ran during a busy spell.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for source, shape in items:
+        session = ort_session(source, threads)
+        feed = {session.get_inputs()[0].name: rng.standard_normal(tuple(shape)).astype(np.float32)}
+        runs.append((session, feed))
+    per_round = max(1, -(-repeats // rounds))
+    samples: list[list[float]] = [[] for _ in runs]
+    clock = time.perf_counter
+    for r in range(rounds):
+        for i, (session, feed) in enumerate(runs):
+            for _ in range(warmup if r == 0 else 2):  # a couple of untimed runs bring the model back into cache
+                session.run(None, feed)
+            for _ in range(per_round):
+                start = clock()
+                session.run(None, feed)
+                samples[i].append((clock() - start) * 1e3)
+        if progress is not None:
+            progress(r + 1, rounds)
+    return [robust_stats(s) for s in samples]
+
+
 def time_trtexec(onnx_path: Path, precision: str = "fp16", warmup_ms: int = 200, iterations: int = 200,
                  trtexec: str | None = None) -> dict:
     """Latency of an ONNX model built and timed by TensorRT's ``trtexec`` (GPU compute time per inference, ms)."""

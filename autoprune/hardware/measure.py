@@ -48,10 +48,12 @@ class LatencyMeasurement:
 
 @dataclass(frozen=True)
 class Timing:
-    """How long to warm up and how many timed runs (each run one inference at batch 1)."""
+    """How long to warm up, how many timed runs (each one inference at batch 1), split into how many passes
+    when many models are timed together (see ``device_runner.time_ort_many``)."""
 
     warmup: int = 20
     repeats: int = 100
+    rounds: int = 5
 
 
 def _onnxruntime(model: nn.Module, input_shape, threads: int, timing: Timing) -> dict:

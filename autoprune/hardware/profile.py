@@ -161,7 +161,7 @@ class HardwareProfile:
             "precision": self.precision,
             "batch": self.batch,
             "threads": self.threads,
-            "software": dict(self.software),
+            "software": {str(k): str(v) for k, v in self.software.items()},
             "date": self.date,
             "provenance": {"kind": self.provenance, "source": self.provenance_source},
             "alignment": self.alignment,

@@ -26,7 +26,7 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.hardware import device_runner as runner
 from autoprune.hardware.cost_model import CostModel
-from autoprune.hardware.measure import RUNTIME_OF_BACKEND, Timing, backend, measure_model_latency, pinned
+from autoprune.hardware.measure import RUNTIME_OF_BACKEND, Timing, backend, pinned
 from autoprune.hardware.profile import Calibration, HardwareProfile, LatencyEntry, Validation, today
 from autoprune.hardware.signature import LayerSignature, model_key, pruned_signature
 from autoprune.onnx_export import export_onnx
@@ -115,14 +115,33 @@ def measure_table(signatures: list[LayerSignature], backend_name: str = "onnxrun
     with pinned(pin_cpu):
         model, shape = _overhead_model()
         overhead = run(model, shape, threads, timing)["median_ms"] if backend_name != "tensorrt" else 0.0
-        entries = []
-        for i, sig in enumerate(signatures):
-            model, shape = micro_model(sig)
-            stats = run(model, shape, threads, timing)
-            entries.append(LatencyEntry(sig, max(stats["mean_ms"] - overhead, 0.0), stats["std_ms"], stats["n"]))
-            if progress is not None:
-                progress(i + 1, len(signatures))
+        if backend_name == "onnxruntime":
+            items = [_onnx_item(sig) for sig in signatures]
+            stats = runner.time_ort_many(items, threads, timing.warmup, timing.repeats, timing.rounds,
+                                         _scaled(progress, len(signatures)))
+        else:
+            stats = []
+            for i, sig in enumerate(signatures):
+                stats.append(run(*micro_model(sig), threads, timing))
+                if progress is not None:
+                    progress(i + 1, len(signatures))
+    entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
+               for sig, st in zip(signatures, stats)]
     return entries, overhead
+
+
+def _onnx_item(sig: LayerSignature) -> tuple[bytes, tuple[int, ...]]:
+    from autoprune.onnx_export import onnx_bytes
+
+    model, shape = micro_model(sig)
+    return onnx_bytes(model, shape), shape
+
+
+def _scaled(progress: Progress | None, total: int) -> Progress | None:
+    """Turn a progress over passes into one over items (every pass times every item)."""
+    if progress is None:
+        return None
+    return lambda done, passes: progress(round(done / passes * total), total)
 
 
 def default_alignment(backend_name: str, precision: str) -> int:
@@ -153,7 +172,7 @@ def host_profile(name: str, entries, overhead_ms: float, backend_name: str, thre
     date = date or today()
     device = device or runner.machine_description()
     software = software or {**runner.software_versions("onnxruntime" if backend_name == "onnxruntime" else backend_name),
-                            "torch": torch.__version__}
+                            "torch": str(torch.__version__)}
     method = (f"{backend_name}, {threads} thread(s), batch 1, {timing.warmup} warm-up + {timing.repeats} timed runs "
               f"per signature, outliers beyond median ± 3 MAD rejected; entries = mean per-call latency minus "
               f"call_overhead_ms (one-op graph)")
@@ -214,21 +233,21 @@ class PlanPoint:
 
 
 def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],
-                  timing: Timing = Timing(30, 300), progress: Progress | None = None,
+                  timing: Timing = Timing(30, 300, 10), progress: Progress | None = None,
                   pin_cpu: int | None = None) -> list[PlanPoint]:
     """Predict and measure (onnxruntime, the profile's thread count) each plan."""
     model = CostModel(profile)
-    points = []
-    for i, plan in enumerate(plans):
-        pruned = build_pruned(space, plan)
-        measured = measure_model_latency(pruned, space.input_shape, max(profile.threads, 1), timing.warmup,
-                                         timing.repeats, pin_cpu=pin_cpu)
-        # The median resists the bursts of a shared machine better than any mean.
-        points.append(PlanPoint(plan, model.layer_sum_ms(space, plan), model.predict(space, plan).latency_ms,
-                                measured.median_ms))
-        if progress is not None:
-            progress(i + 1, len(plans))
-    return points
+    items = []
+    for plan in plans:
+        from autoprune.onnx_export import onnx_bytes
+
+        items.append((onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape))
+    with pinned(pin_cpu):
+        stats = runner.time_ort_many(items, max(profile.threads, 1), timing.warmup, timing.repeats, timing.rounds,
+                                     _scaled(progress, len(plans)))
+    # The median resists the bursts of a shared machine better than any mean.
+    return [PlanPoint(plan, model.layer_sum_ms(space, plan), model.predict(space, plan).latency_ms, st["median_ms"])
+            for plan, st in zip(plans, stats)]
 
 
 def fit_calibration(points: list[PlanPoint], source: str) -> Calibration:
@@ -246,7 +265,7 @@ def fit_calibration(points: list[PlanPoint], source: str) -> Calibration:
     return Calibration(round(a, 6), round(b, 6), len(points), source, today(), round(residual, 6))
 
 
-def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 8, seed: int = 0,
+def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 12, seed: int = 0,
               progress: Progress | None = None, pin_cpu: int | None = None) -> HardwareProfile:
     """``profile`` with a per-model calibration fitted on the dense model and ``points - 1`` random plans."""
     plans = [PruningPlan(alignment=profile.alignment)] + random_plans(space, points - 1, seed, profile.alignment)
@@ -254,6 +273,38 @@ def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 8, see
     source = f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random plans, seed {seed})"
     key = model_key(space.model, space.input_shape)
     return replace(profile, calibration={**profile.calibration, key: fit_calibration(measured, source)})
+
+
+def measure_with_calibration(space: SearchSpace, signatures: list[LayerSignature], threads: int = 1,
+                             timing: Timing = Timing(20, 200, 5), calibration_points: int = 12,
+                             progress: Progress | None = None, pin_cpu: int | None = None):
+    """Layer entries and whole-model calibration points timed in the same interleaved onnxruntime passes.
+
+    Timing them together matters on a shared machine: calibration measured minutes after the table sees other
+    load, and would fit that drift instead of the model's real overheads (pooling, additions, graph I/O).
+    Returns (entries, call overhead ms, calibration plans, their median latencies in ms).
+    """
+    from autoprune.onnx_export import onnx_bytes
+
+    plans = [PruningPlan(alignment=space.alignment)] + random_plans(space, calibration_points - 1, 0, space.alignment)
+    models = [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
+    with pinned(pin_cpu):
+        overhead = runner.time_ort(onnx_bytes(*_overhead_model()), (1, 1, 1, 1), threads, timing.warmup,
+                                   timing.repeats)["median_ms"]
+        items = [_onnx_item(sig) for sig in signatures] + models
+        stats = runner.time_ort_many(items, threads, timing.warmup, timing.repeats, timing.rounds,
+                                     _scaled(progress, len(items)))
+    entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
+               for sig, st in zip(signatures, stats)]
+    return entries, overhead, plans, [st["median_ms"] for st in stats[len(signatures):]]
+
+
+def calibration_from(profile: HardwareProfile, space: SearchSpace, plans, measured_ms, source: str) -> HardwareProfile:
+    """``profile`` with the per-model calibration fitted on ``plans`` measured at ``measured_ms``."""
+    model = CostModel(replace(profile, calibration={}))
+    points = [PlanPoint(plan, model.layer_sum_ms(space, plan), 0.0, ms) for plan, ms in zip(plans, measured_ms)]
+    key = model_key(space.model, space.input_shape)
+    return replace(profile, calibration={**profile.calibration, key: fit_calibration(points, source)})
 
 
 def kendall_tau(a, b) -> float:
@@ -279,7 +330,10 @@ def score(points: list[PlanPoint], command: str = "", note: str = "") -> Validat
 def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, seed: int = 1000,
              progress: Progress | None = None, command: str = "",
              pin_cpu: int | None = None) -> tuple[HardwareProfile, Validation, list[PlanPoint]]:
-    """Measure ``samples`` random plans (seed distinct from calibration's) and store the score in the profile."""
+    """Measure ``samples`` random plans (seed distinct from calibration's) and store the score in the profile.
+
+    Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs.
+    """
     if profile.runtime != "onnxruntime":
         raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
                         "onnxruntime on this machine, so it can only validate onnxruntime CPU profiles here")
@@ -288,7 +342,7 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
     key = model_key(space.model, space.input_shape)
     calibrated = key in profile.calibration
     result = replace(score(points, command, "random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
-                           "measured = median of 300 onnxruntime runs"), calibrated=calibrated)
+                           "measured = median of 300 onnxruntime runs in 10 interleaved passes"), calibrated=calibrated)
     return replace(profile, validation={**profile.validation, key: result}), result, points
 
 

@@ -1,0 +1,85 @@
+"""The hardware commands: targets, latency, profile export/run/import/validate, and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autoprune.cli import main
+from autoprune.hardware import load_profile
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_targets_lists_provenance(capsys):
+    code, out, _ = _run(capsys, "targets", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["jetson-nano-trt-fp16"]["provenance"] == "calibrated"
+    assert "jetson" in rows["jetson-nano-trt-fp16"]["aliases"]
+    assert rows["jetson-agx-orin-trt-fp16"]["provenance"] == "estimated"
+
+
+def test_latency_json_breakdown_sums_to_total(capsys):
+    code, out, _ = _run(capsys, "latency", "--model", "resnet18", "--target", "jetson", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["provenance"] == "calibrated" and data["target"] == "jetson-nano-trt-fp16"
+    assert sum(r["ms"] for r in data["per_layer"]) == pytest.approx(data["latency_ms"], abs=1e-4)
+    assert data["size_mb"] > 0 and data["macs"] > 0
+
+
+def test_latency_of_a_plan_file_is_lower(capsys, tmp_path, resnet_space):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"keep_ratios": {g: 0.5 for g in resnet_space.group_names}, "alignment": 8}))
+    _, dense, _ = _run(capsys, "latency", "--model", "resnet18", "--target", "jetson", "--json")
+    code, pruned, _ = _run(capsys, "latency", "--model", "resnet18", "--target", "jetson", "--plan", str(plan),
+                           "--json")
+    assert code == 0 and json.loads(pruned)["latency_ms"] < 0.5 * json.loads(dense)["latency_ms"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("latency", "--model", "resnet18", "--target", "jetsn"), "did you mean 'jetson'"),
+        (("profile", "validate", "--target", "jetson", "--model", "resnet18", "--samples", "3"),
+         "can only validate onnxruntime"),
+        (("profile", "run", "/nonexistent-bundle"), "has no manifest.json"),
+        (("latency", "--model", "resnet18", "--input-shape", "1x3x32"), "--input-shape '1x3x32' is malformed"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, argv, message):
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_export_run_without_torch_then_import(capsys, tmp_path):
+    bundle = tmp_path / "bundle"
+    code, _, _ = _run(capsys, "profile", "export", "--model", "resnet18", "--out", str(bundle), "--precision", "fp32",
+                      "--alignment", "16", "--max-points", "2", "--calibration-points", "2")
+    assert code == 0 and (bundle / "run_profile.py").is_file()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert len(manifest["models"]) == 2 and all((bundle / e["file"]).is_file() for e in manifest["entries"])
+    # The device side must run with torch absent: block its import and run the copied script.
+    script = ("import sys, runpy; sys.modules['torch'] = None; "
+              f"sys.argv = ['run_profile.py', {str(bundle)!r}]; runpy.run_path({str(bundle / 'run_profile.py')!r}, "
+              "run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((bundle / "results.json").read_text())
+    assert len(results["results"]) == len(manifest["entries"]) and results["backend"] == "onnxruntime"
+    out = tmp_path / "device.yaml"
+    code, _, err = _run(capsys, "profile", "import", str(bundle), "--out", str(out))
+    assert code == 0, err
+    profile = load_profile(out)
+    assert profile.provenance == "measured" and len(profile.entries) == len(manifest["entries"])
+    assert profile.calibration["resnet18@1x3x32x32"].points == 2
+    code, out_json, _ = _run(capsys, "latency", "--model", "resnet18", "--target", str(out), "--json")
+    assert code == 0 and json.loads(out_json)["calibrated"] is True

@@ -1,0 +1,61 @@
+"""Calibration and a validation run on a tiny grid, end to end with real onnxruntime measurements."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from autoprune.hardware import CostModel, load_profile, save_profile
+from autoprune.hardware.measure import Timing
+from autoprune.hardware.profiling import (
+    PlanPoint,
+    calibrate,
+    fit_calibration,
+    host_profile,
+    measure_table,
+    random_plans,
+    score,
+    signature_grid,
+    validate,
+)
+from autoprune.plan import PruningPlan
+
+
+def test_fit_and_score_arithmetic():
+    points = [PlanPoint(PruningPlan(), x, 2 * x + 0.1, 2 * x + 0.1) for x in (0.1, 0.2, 0.4)]
+    cal = fit_calibration(points, "test")
+    assert (cal.a, cal.b, cal.points) == (pytest.approx(2.0), pytest.approx(0.1), 3)
+    off = [dataclasses.replace(p, predicted_ms=p.measured_ms * f) for p, f in zip(points, (1.0, 1.07, 0.8))]
+    result = score(off)
+    assert result.mape_pct == pytest.approx((0 + 7 + 20) / 3, rel=1e-3)
+    assert result.within_5_pct == pytest.approx(100 / 3, rel=1e-3)
+    assert result.within_10_pct == pytest.approx(200 / 3, rel=1e-3) and result.kendall_tau == pytest.approx(1.0)
+
+
+def test_random_plans_are_reproducible_and_span_the_range(resnet_space):
+    plans = random_plans(resnet_space, 20, seed=3, alignment=16)
+    assert plans == random_plans(resnet_space, 20, seed=3, alignment=16)
+    levels = [sum(p.keep_ratios.values()) / len(p.keep_ratios) for p in plans]
+    assert min(levels) < 0.5 < 0.75 < max(levels)
+
+
+def test_validation_run_on_a_tiny_grid(tmp_path, resnet_space):
+    sigs = signature_grid(resnet_space, 16, "fp32", max_points=2)
+    timing = Timing(3, 30)
+    entries, overhead = measure_table(sigs, "onnxruntime", 1, timing)
+    profile = host_profile("tiny", entries, overhead, "onnxruntime", 1, 16, timing)
+    assert CostModel(profile).covers(resnet_space)
+    profile = calibrate(profile, resnet_space, points=3)
+    cal = profile.calibration["resnet18@1x3x32x32"]
+    assert cal.points == 3 and cal.a > 0
+    profile, result, points = validate(profile, resnet_space, samples=4, seed=7)
+    assert result.samples == 4 and len(points) == 4 and result.calibrated
+    assert 0 <= result.within_5_pct <= result.within_10_pct <= 100 and -1 <= result.kendall_tau <= 1
+    errors = [abs(p.predicted_ms - p.measured_ms) / p.measured_ms for p in points]
+    assert result.mape_pct == pytest.approx(100 * sum(errors) / 4, abs=1e-3)
+    # The score is stored in the profile and shown with every prediction that uses it.
+    path = save_profile(profile, tmp_path / "tiny.yaml")
+    estimate = CostModel(load_profile(path)).predict(resnet_space, PruningPlan(alignment=16))
+    assert estimate.validation is not None and estimate.validation.samples == 4
+    assert "MAPE" in estimate.validation.summary()
