@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import os
 import socket
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from autoprune.plan import PruningPlan
 
 BACKENDS = ("local", "ray")
 RAY_CONNECT_TIMEOUT_S = 15.0
-# Ray must not phone home or need a token for a runtime autoprune starts itself; a user's values win.
-RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+# Ray must not phone home; a runtime autoprune starts itself listens on 127.0.0.1 only (Ray's "no cluster"
+# mode binds every server to the loopback address) and needs no token. A user's own values always win.
+RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0"}
+RAY_LOCAL_ENV_DEFAULTS = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ class RaySettings:
             raise UserError(f"--worker-retries must be 0 or more, got {self.retries}")
 
 
-def ray_env_defaults() -> None:
-    for key, value in RAY_ENV_DEFAULTS.items():
+def ray_env_defaults(local: bool) -> None:
+    for key, value in {**RAY_ENV_DEFAULTS, **(RAY_LOCAL_ENV_DEFAULTS if local else {})}.items():
         os.environ.setdefault(key, value)
 
 
@@ -129,7 +130,7 @@ def _check_reachable(address: str, timeout: float) -> None:
 def connect_ray(settings: RaySettings, timeout: float = RAY_CONNECT_TIMEOUT_S) -> bool:
     """Connect to Ray (``address``) or start a runtime listening on 127.0.0.1 only; returns True when this call
     initialised Ray (and so must shut it down: that stops a runtime it started, or just disconnects)."""
-    ray_env_defaults()
+    ray_env_defaults(local=settings.address is None)
     import ray
 
     if ray.is_initialized():
@@ -144,24 +145,11 @@ def connect_ray(settings: RaySettings, timeout: float = RAY_CONNECT_TIMEOUT_S) -
         cpus = max(1, int(round(settings.workers * settings.cpus_per_trial)))
         kwargs.update(num_cpus=cpus, num_gpus=settings.gpus_per_trial * settings.workers or None,
                       _node_ip_address="127.0.0.1")
-    outcome: dict[str, Any] = {}
-
-    def _init() -> None:
-        try:
-            ray.init(**kwargs)
-        except BaseException as err:  # noqa: BLE001 - reported on the driver thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=_init, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise UserError(
-            f"connecting to Ray at {address or 'a new local runtime'!r} timed out after {timeout:.0f} s; "
-            "check that the cluster is up (`ray status`) and --ray-address"
-        )
-    if "error" in outcome:
-        err = outcome["error"]
+    # ray.init runs on the calling thread (it installs signal handlers); an unreachable HOST:PORT was refused
+    # above within seconds, and "auto" without a running cluster fails at once.
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # noqa: BLE001 - any connection failure is the user's address or cluster
         where = address or "a new local runtime"
         raise UserError(f"cannot connect to Ray at {where!r}: {describe_error(err)}; check --ray-address") from None
     return True

@@ -51,6 +51,7 @@ class SyntheticResult:
     finetune_steps: int
     fidelity: str
     seconds: float
+    pid: int = 0  # the process that evaluated it
 
     def attrs(self) -> dict[str, Any]:
         return {
@@ -58,7 +59,7 @@ class SyntheticResult:
             "per_class_accuracy": [], "latency_ms": self.latency_ms, "latency_provenance": "synthetic",
             "latency_source": "autoprune.search.synthetic", "params": self.params, "nonzero_params": self.params,
             "macs": 0, "mflops": 0.0, "size_mb": self.size_mb, "eval_seconds": round(self.seconds, 4),
-            "finetune_steps": self.finetune_steps, "fidelity": self.fidelity,
+            "finetune_steps": self.finetune_steps, "fidelity": self.fidelity, "eval_pid": self.pid,
         }
 
 
@@ -137,5 +138,5 @@ class SyntheticEvaluator:
             plan=plan, accuracy=accuracy * (0.9 if skip else 1.0), proxy_accuracy=accuracy * 0.9,
             latency_ms=latency, params=params, size_mb=params * 4 / 1e6,
             finetune_steps=0 if skip else self.finetune_steps, fidelity="proxy" if skip else "finetuned",
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - started, pid=os.getpid(),
         )
