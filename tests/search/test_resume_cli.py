@@ -1,0 +1,87 @@
+"""The real `autoprune search` in a subprocess on the real evaluator at tiny size: SIGKILL mid-trial then
+resume, and Ctrl-C (SIGINT) recording the running trial as interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+ARGS = ["--model", "resnet18", "--target", "jetson", "--data", "digits", "--input-shape", "1x3x16x16",
+        "--baseline-epochs", "1", "--finetune-steps", "5", "--strategy", "random", "--study", "s"]
+
+
+def _cli(tmp_path, trials, extra=()):
+    cmd = [sys.executable, "-c", "from autoprune.cli import run; run()", "search", *ARGS, "--trials", str(trials),
+           "--out", str(tmp_path / "run"), *extra]
+    return cmd
+
+
+def _study(tmp_path):
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+
+
+def _wait_for(predicate, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if predicate():
+                return True
+        except Exception:  # noqa: BLE001 - storage not created yet
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def test_sigkill_mid_trial_then_resume_keeps_completed_and_reruns_the_interrupted(tmp_path):
+    proc = subprocess.Popen(_cli(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ok = _wait_for(lambda: len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) >= 1
+                       and _study(tmp_path).get_trials(states=(TrialState.RUNNING,)), 300)
+        assert ok, "the first run never reached a running trial after a completed one"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = _study(tmp_path)
+    completed = {t.number: t.params for t in before.get_trials(states=(TrialState.COMPLETE,))}
+    running = before.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1
+    result = subprocess.run(_cli(tmp_path, 4, ["--json"]), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = _study(tmp_path)
+    done = {t.number: t.params for t in after.get_trials(states=(TrialState.COMPLETE,))}
+    assert all(done[n] == p for n, p in completed.items())  # every completed trial still there
+    interrupted = after.trials[running[0].number]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"].startswith("interrupted")
+    reruns = [t for t in after.trials if t.user_attrs.get("retry_of") == running[0].number]
+    assert reruns and reruns[0].state == TrialState.COMPLETE and reruns[0].params == running[0].params
+    assert len(done) == 4  # final count complete
+    for t in after.get_trials(states=(TrialState.COMPLETE,)):
+        assert 0 <= t.user_attrs["proxy_accuracy"] <= 1 and t.user_attrs["fidelity"] in ("proxy", "cut_short", "finetuned")
+        assert 0 <= t.user_attrs["finetune_steps"] <= 5 and isinstance(t.user_attrs["feasible"], bool)
+
+
+def test_ctrl_c_records_the_running_trial_as_interrupted_and_prints_what_finished(tmp_path):
+    proc = subprocess.Popen(_cli(tmp_path, 6), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ok = _wait_for(lambda: len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) >= 1
+                       and _study(tmp_path).get_trials(states=(TrialState.RUNNING,)), 300)
+        assert ok
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped by Ctrl-C" in out and "Pareto-optimal candidates" in out
+    study = _study(tmp_path)
+    interrupted = [t for t in study.trials if t.user_attrs.get("fail_reason", "").startswith("interrupted: stopped with Ctrl-C")]
+    assert len(interrupted) == 1
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert any(t.user_attrs.get("retry_of") == interrupted[0].number for t in waiting)  # re-run on resume
