@@ -11,7 +11,7 @@ from plotly.offline import get_plotlyjs
 
 from autoprune.paths import atomic_write_text
 from autoprune.report import tables
-from autoprune.report.record import ReportRecord, TrialPoint
+from autoprune.report.record import ALL_STRATEGIES, ReportRecord, TrialPoint
 
 # Plot element ids, in page order (the browser test looks them up).
 PLOT_IDS = ("pareto-plot", "hypervolume-plot", "keep-ratio-heatmap", "per-class-plot")
@@ -76,9 +76,12 @@ def pareto_figure(record: ReportRecord) -> go.Figure:
 def hypervolume_figure(record: ReportRecord) -> go.Figure:
     fig = go.Figure()
     for i, curve in enumerate(record.hypervolume):
+        combined = curve.strategy == ALL_STRATEGIES  # dashed, so the strategy it coincides with stays visible
         fig.add_trace(go.Scatter(
-            x=list(curve.trials), y=list(curve.values), mode="lines+markers", name=curve.strategy,
-            line={"shape": "hv", "color": _PALETTE[i % len(_PALETTE)]},
+            x=list(curve.trials), y=list(curve.values), mode="lines" if combined else "lines+markers",
+            name=curve.strategy,
+            line={"shape": "hv", "color": "#444" if combined else _PALETTE[i % len(_PALETTE)],
+                  "dash": "dot" if combined else "solid", "width": 1.5 if combined else 2},
         ))
     fig.update_layout(
         title="Hypervolume vs trial number", xaxis_title="trial number", yaxis_title="normalised hypervolume",

@@ -166,3 +166,15 @@ def test_missing_study_says_how_to_pass_storage(tmp_path, monkeypatch, capsys, s
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert main(["select", "--study", "x", "--storage", missing, "--knee"]) == 2
     assert "no database file" in capsys.readouterr().err and not Path(tmp_path / "none.db").exists()
+
+
+def test_report_cli_measures_on_the_host(study_run, capsys):
+    args = ["report", "--study", study_run.name, "--storage", study_run.storage, "--format", "md", "--out", "-"]
+    assert main([*args, "--measure", "--repeats", "5"]) == 0
+    md = capsys.readouterr().out
+    record = build_report(study_run.study(), study_run.storage)
+    assert set(record.host_measured_trials) >= {c.trial for c in record.pareto}
+    for c in record.pareto:
+        assert c.host_latency is not None and c.host_latency.mean_ms > 0
+        assert f"| {c.trial} | {c.strategy} |" in md
+        assert f"{c.host_latency.mean_ms:.4g} ± " in md
