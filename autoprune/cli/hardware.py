@@ -167,7 +167,7 @@ def profile_measure(
     max_points: int = typer.Option(13, "--max-points", help="most channel counts per axis (rest interpolated)."),
     warmup: int = typer.Option(20, "--warmup"),
     repeats: int = typer.Option(200, "--repeats"),
-    calibration_points: int = typer.Option(12, "--calibration-points", help="whole-model measurements (0: none)."),
+    calibration_points: int = typer.Option(30, "--calibration-points", help="whole-model measurements for the per-model calibration (0: none)."),
     num_classes: int = typer.Option(10, "--num-classes"),
     pin_cpu: int = typer.Option(None, "--pin-cpu", help="pin the measuring process to this CPU."),
 ) -> None:

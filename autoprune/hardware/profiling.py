@@ -250,19 +250,49 @@ def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[Prun
             for plan, st in zip(plans, stats)]
 
 
+def _fit(x: np.ndarray, y: np.ndarray, form: str) -> tuple[float, float]:
+    if form == "identity":
+        return 1.0, 0.0
+    if form == "scale":
+        return float((x * y).sum() / (x * x).sum()), 0.0
+    a, b = np.polyfit(x, y, 1)
+    return float(a), float(b)
+
+
+def _loo_mape(x: np.ndarray, y: np.ndarray, form: str) -> float:
+    """Leave-one-out mean absolute percentage error of a calibration form: how it predicts plans it never saw."""
+    errors = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        a, b = _fit(x[keep], y[keep], form)
+        errors.append(abs(a * x[i] + b - y[i]) / y[i])
+    return float(np.mean(errors))
+
+
 def fit_calibration(points: list[PlanPoint], source: str) -> Calibration:
-    """Least-squares ``measured = a * layer_sum + b`` over whole-model measurements."""
+    """``measured = a * layer_sum + b`` over whole-model measurements, in the form that generalises best.
+
+    On a shared machine the whole-model timings carry load the table did not see, and a least-squares line
+    through a dozen of them can fit that noise and predict new plans worse than the plain layer sum. So the
+    identity (a=1, b=0), a pure scale and the affine fit compete on leave-one-out error, and the winner is kept.
+    """
     x = np.array([p.layer_sum_ms for p in points])
     y = np.array([p.measured_ms for p in points])
-    if len(points) < 2 or np.ptp(x) <= 0:
-        a, b = float(y.mean() / x.mean()), 0.0
-    else:
-        a, b = (float(v) for v in np.polyfit(x, y, 1))
+    forms = ["identity"]
+    if len(points) >= 3:
+        forms.append("scale")
+    if len(points) >= 4 and np.ptp(x) > 0:
+        forms.append("affine")
+    scores = {form: _loo_mape(x, y, form) for form in forms} if len(points) >= 2 else {"identity": 0.0}
+    form = min(scores, key=scores.get)
+    a, b = _fit(x, y, form)
     if a <= 0:
         raise UserError("calibration failed: measured latency does not grow with the table's layer sum; "
                         "re-measure on a quieter machine")
     residual = float(np.sqrt(np.mean((a * x + b - y) ** 2)))
-    return Calibration(round(a, 6), round(b, 6), len(points), source, today(), round(residual, 6))
+    chosen = ", ".join(f"{f} {100 * e:.1f}%" for f, e in scores.items())
+    return Calibration(round(a, 6), round(b, 6), len(points), f"{source}; form {form} (leave-one-out MAPE: {chosen})",
+                       today(), round(residual, 6))
 
 
 def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 12, seed: int = 0,
