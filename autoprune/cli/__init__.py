@@ -14,6 +14,17 @@ import sys
 import click
 import typer
 
+# typer >= 0.2x vendors click: its exceptions derive from typer.exceptions, not from click's.
+try:
+    from typer import _click as _typer_click
+    from typer import exceptions as _typer_exceptions
+
+    _EXIT = (click.exceptions.Exit, _typer_exceptions.Exit)
+    _ABORT = (click.exceptions.Abort, _typer_exceptions.Abort)
+    _CLICK_ERRORS = (click.ClickException, _typer_click.exceptions.ClickException)
+except ImportError:  # pragma: no cover - a typer that uses click itself
+    _EXIT, _ABORT, _CLICK_ERRORS = click.exceptions.Exit, click.exceptions.Abort, click.ClickException
+
 from autoprune.errors import UserError
 
 # Command modules, each with ``register(app: typer.Typer) -> None``.
@@ -61,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as err:
+    except _EXIT as err:
         return err.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         print("aborted", file=sys.stderr)
         return 130
-    except click.ClickException as err:  # bad option, missing argument, bad value
+    except _CLICK_ERRORS as err:  # bad option, missing argument, bad value
         if _debug():
             raise
+        if type(err).__name__ == "NoArgsIsHelpError" and getattr(err, "ctx", None) is not None:
+            print(err.ctx.get_help(), file=sys.stderr)
+            return 2
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {err.format_message()}{hint}", file=sys.stderr)
