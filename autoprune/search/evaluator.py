@@ -24,7 +24,9 @@ from torch import nn
 
 from autoprune.data import DataBundle
 from autoprune.plan import PruningPlan
-from autoprune.pruning import SearchSpace, apply_plan, model_stats
+from autoprune.pruning import SearchSpace, model_stats
+from autoprune.pruning.engine import PruneResult, prune
+from autoprune.pruning.importance import needs_calibration
 from autoprune.pruning.metrics import ModelStats
 from autoprune.search.pareto import dominates
 from autoprune.search.strategies import Constraints
@@ -129,21 +131,22 @@ class Evaluator:
         self.settings = settings
         self._example = torch.zeros(space.input_shape)
 
-    def prune(self, plan: PruningPlan) -> nn.Module:
-        """A pruned copy of the baseline (the baseline itself is never modified)."""
+    def prune(self, plan: PruningPlan) -> PruneResult:
+        """A copy of the baseline pruned by the whole plan (channels, then sparsity); the baseline is untouched."""
         model = copy.deepcopy(self.baseline)
         calibration = None
-        if plan.importance in ("taylor",):
+        if needs_calibration(plan.importance):
             loader = self.data.loader("train", self.settings.batch_size, self.settings.seed)
             calibration = [batch for _, batch in zip(range(self.settings.calibration_batches), loader)]
-        return apply_plan(model, plan, self._example, calibration=calibration, seed=self.settings.seed)
+        return prune(model, plan, self._example, calibration=calibration, seed=self.settings.seed)
 
     def evaluate(self, plan: PruningPlan, guidance: Guidance | None = None) -> CandidateResult:
         """Score ``plan``. Without ``guidance`` every candidate gets the full fine-tuning budget."""
         started = time.perf_counter()
         self.space.validate_plan(plan)
         estimate = self.cost_model.predict(self.space, plan)
-        model = self.prune(plan)
+        pruned = self.prune(plan)
+        model = pruned.model
         s = self.settings
         train = self.data.loader("train", s.batch_size, s.seed)
         val = self.data.loader("val", 256, s.seed, shuffle=False)
@@ -154,7 +157,7 @@ class Evaluator:
         skip = self._skip_reason(proxy, estimate.latency_ms, stats.params, guidance) if s.finetune_steps else "no fine-tuning asked"
         result, spent, curve, fidelity, reason = proxy_eval, 0, [(0, proxy)], "proxy", skip
         if not skip:
-            result, spent, curve, cut = self._finetune(model, train, val, estimate.latency_ms, guidance)
+            result, spent, curve, cut = self._finetune(pruned, train, val, estimate.latency_ms, guidance)
             fidelity, reason = ("cut_short", cut) if cut else ("finetuned", "")
         return CandidateResult(
             plan=plan,
@@ -188,9 +191,13 @@ class Evaluator:
             return f"dominated by the front even with the best gain seen (optimistic {optimistic:.3f})"
         return ""
 
-    def _finetune(self, model: nn.Module, train, val, latency_ms: float, guidance: Guidance | None):
-        """SGD in chunks, evaluating after each; returns (eval, steps spent, curve, reason if cut short)."""
+    def _finetune(self, pruned: PruneResult, train, val, latency_ms: float, guidance: Guidance | None):
+        """SGD in chunks, evaluating after each; returns (eval, steps spent, curve, reason if cut short).
+
+        The sparsity masks are re-applied after every step, so pruned weights stay zero.
+        """
         s = self.settings
+        model = pruned.model
         torch.manual_seed(s.seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=s.finetune_lr, momentum=0.9, weight_decay=5e-4)
         checks = max(1, min(s.finetune_checks, s.finetune_steps))
@@ -207,6 +214,8 @@ class Evaluator:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if pruned.masks:
+                    pruned.masks.apply(model)
                 spent += 1
             model.eval()
             result = evaluate(model, val, self.data.num_classes)
