@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import os
 import shutil
 import tempfile
 
@@ -26,7 +27,10 @@ window.addEventListener('unhandledrejection', e => window.__errors.push(String(e
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and DRIVER):
-        pytest.skip("headless Chromium not installed: apt-get install -y chromium chromium-driver")
+        message = "headless Chromium not installed: apt-get install -y chromium chromium-driver"
+        if os.environ.get("CI"):  # .ci/run installs it; in CI a missing browser is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
