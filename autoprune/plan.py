@@ -23,8 +23,10 @@ from typing import Any
 
 from autoprune.errors import UserError
 
-PLAN_FIELDS = ("keep_ratios", "importance", "alignment", "layer_sparsity", "global_sparsity", "nm")
+PLAN_FIELDS = ("keep_ratios", "importance", "alignment", "layer_sparsity", "global_sparsity", "nm", "precision")
 ALL_LAYERS = "*"
+# Numeric precision the pruned model runs at: fp32 as trained, or int8 after static quantization.
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class PruningPlan:
     ``layer_sparsity`` maps a conv/linear layer name to the fraction of its weights zeroed, in [0, 1);
     ``global_sparsity`` in [0, 1) zeroes that fraction of all prunable weights under one magnitude threshold;
     ``nm`` maps a layer name (or ``"*"``) to an ``"N:M"`` pattern. Unstructured and N:M pruning rank weights by
-    magnitude.
+    magnitude. ``precision`` is what the pruned model runs at: ``"fp32"`` or ``"int8"`` (whole model, static
+    quantization; not a pruning step, it is applied after fine-tuning).
     """
 
     keep_ratios: Mapping[str, float] = field(default_factory=dict)
@@ -48,6 +51,7 @@ class PruningPlan:
     layer_sparsity: Mapping[str, float] = field(default_factory=dict)
     global_sparsity: float = 0.0
     nm: Mapping[str, str] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name, ratio in self.keep_ratios.items():
@@ -63,6 +67,9 @@ class PruningPlan:
         _check_sparsity("plan global_sparsity", self.global_sparsity)
         for name, pattern in self.nm.items():
             parse_nm(pattern, where=f"plan nm entry {name!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"plan precision {self.precision!r} is not one of {', '.join(PRECISIONS)}; "
+                            "use fp32 (as trained) or int8 (static quantization)")
         object.__setattr__(self, "keep_ratios", MappingProxyType(dict(sorted(self.keep_ratios.items()))))
         object.__setattr__(self, "layer_sparsity", MappingProxyType(dict(sorted(self.layer_sparsity.items()))))
         object.__setattr__(self, "nm", MappingProxyType({k: str(v) for k, v in sorted(self.nm.items())}))
@@ -101,6 +108,8 @@ class PruningPlan:
             data["global_sparsity"] = self.global_sparsity
         if self.nm:
             data["nm"] = dict(self.nm)
+        if self.precision != "fp32":  # fp32 plans keep the dict (and cache keys) they had before precision existed
+            data["precision"] = self.precision
         return data
 
     def to_json(self) -> str:
@@ -128,6 +137,7 @@ class PruningPlan:
             layer_sparsity={str(k): v for k, v in data.get("layer_sparsity", {}).items()},
             global_sparsity=global_sparsity,
             nm={str(k): v for k, v in data.get("nm", {}).items()},
+            precision=str(data.get("precision", "fp32")),
         )
 
 

@@ -22,6 +22,18 @@ from autoprune.pruning.space import SearchSpace
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 OFFSET_ROW = "(other ops: calibration offset)"
+INT8_SUFFIX = ":int8"  # per-model calibration/validation keys of INT8 records: "resnet18@1x3x32x32:int8"
+
+
+def precision_key(key: str, precision: str) -> str:
+    """Key of a per-model profile record (calibration, validation) for ``precision``; fp32 keeps the plain key."""
+    return key + INT8_SUFFIX if precision == "int8" else key
+
+
+def plan_dtype(plan: PruningPlan, profile: HardwareProfile) -> str:
+    """The dtype a plan's layers run at on ``profile``: int8 when the plan asks for it, else the profile's own
+    float precision (an "fp32" plan means "not quantized": it runs at fp16 on a TensorRT FP16 target)."""
+    return "int8" if getattr(plan, "precision", "fp32") == "int8" else profile.precision
 
 
 @dataclass(frozen=True)
@@ -133,8 +145,28 @@ class CostModel:
             return roofline_ms(sig, self.profile)
         family = self._families.get(sig.family)
         if family is None:
+            if sig.dtype == "int8" and not self.has_int8:
+                raise self._no_int8(model, input_shape)
             raise self._missing(sig, model, input_shape)
         return family.lookup(sig.cin, sig.cout, self.profile.alignment)
+
+    @property
+    def has_int8(self) -> bool:
+        """Whether INT8 plans can be predicted: an INT8 roofline peak, or INT8 entries in the table."""
+        if self.profile.latency_model == "roofline":
+            return bool(self.profile.roofline and self.profile.roofline.int8_peak_gflops)
+        return any(key.dtype == "int8" for key in self._families)
+
+    def _no_int8(self, model: str, input_shape) -> UserError:
+        shape = "x".join(map(str, input_shape)) if input_shape else "1x3xHxW"
+        if self.profile.latency_model == "roofline":
+            return UserError(f"target {self.profile.name!r} has no INT8 path (no INT8 peak in its roofline); search "
+                             "it with --precision fp32, or pick a target with INT8 tensor cores (e.g. orin)")
+        return UserError(
+            f"target {self.profile.name!r} has no INT8 latency entries; measure them on this machine with "
+            f"`python -m autoprune.quantize measure --profile {self.profile.path.strip(chr(39)) or 'PROFILE.yaml'} "
+            f"--model {model or 'M'} --input-shape {shape}`, or search with --precision fp32"
+        )
 
     def _missing(self, sig: LayerSignature, model: str, input_shape) -> UserError:
         shape = "x".join(map(str, input_shape)) if input_shape else "1x3xHxW"
@@ -156,8 +188,12 @@ class CostModel:
 
     # --- whole plan ------------------------------------------------------------------------------------------
     def predict(self, space: SearchSpace, plan: PruningPlan) -> LatencyEstimate:
-        """Predicted latency of ``space``'s model pruned by ``plan`` on this target, with its parts."""
+        """Predicted latency of ``space``'s model pruned by ``plan`` on this target, with its parts.
+
+        An INT8 plan is priced from the profile's INT8 entries (or INT8 roofline peak) and INT8 calibration.
+        """
         profile = self.profile
+        dtype = plan_dtype(plan, profile)
         channels = space.group_channels()
         sparsity = dict(_plan_mapping(plan, "layer_sparsity"))
         global_sparsity = float(getattr(plan, "global_sparsity", 0.0) or 0.0)
@@ -170,7 +206,7 @@ class CostModel:
                          "if stored sparse)")
         nm_gain = nm_asked = 0
         for layer in space.layers:
-            sig = pruned_signature(layer, plan, channels, profile.precision)
+            sig = pruned_signature(layer, plan, channels, dtype)
             ms = self.layer_ms(sig, space.model, space.input_shape)
             pattern = nm.get(layer.name, nm.get("*"))
             if pattern is not None:
@@ -190,7 +226,8 @@ class CostModel:
         if nm_asked and nm_gain < nm_asked:
             notes.append(f"N:M sparsity speeds up {nm_gain} of {nm_asked} layers on this target "
                          f"({'no N:M support' if not profile.nm else 'others are too small or grouped'})")
-        calibration = profile.calibration.get(model_key(space.model, space.input_shape))
+        key = precision_key(model_key(space.model, space.input_shape), dtype)
+        calibration = profile.calibration.get(key)
         calibrated = calibration is not None and self.use_calibration
         if calibrated:
             rows = [(n, calibration.a * ms) for n, ms in rows]
@@ -199,19 +236,22 @@ class CostModel:
         source = profile.provenance_source
         if calibrated:
             source += f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms ({calibration.source})"
+        if dtype == "int8":
+            source += "; INT8 (static quantization)"
         elif profile.latency_model == "table":
             source += "; no per-model calibration (sum of isolated layers)"
         return LatencyEstimate(
             latency_ms=total, provenance=profile.provenance, source=source, per_layer=tuple(rows),
             target=profile.name, calibrated=calibrated, macs=macs, params=params,
-            size_mb=params * BYTES.get(profile.precision, 4) / 1e6,
-            validation=profile.validation.get(model_key(space.model, space.input_shape)), notes=tuple(notes),
+            size_mb=params * BYTES.get(dtype, 4) / 1e6,
+            validation=profile.validation.get(key), notes=tuple(notes),
         )
 
     def layer_sum_ms(self, space: SearchSpace, plan: PruningPlan) -> float:
         """Uncalibrated sum of the layer latencies (the quantity calibration is fitted on)."""
         channels = space.group_channels()
-        return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, self.profile.precision),
+        dtype = plan_dtype(plan, self.profile)
+        return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, dtype),
                                        space.model, space.input_shape) for layer in space.layers)
 
 
@@ -234,15 +274,24 @@ def _nm_support(supported: tuple[NMSupport, ...], requested, sig: LayerSignature
 
 
 def roofline_ms(sig: LayerSignature, profile: HardwareProfile) -> float:
-    """Analytic latency (ms) of one layer: max(compute, memory) + fixed cost, on aligned channel counts."""
+    """Analytic latency (ms) of one layer: max(compute, memory) + fixed cost, on aligned channel counts.
+
+    An INT8 layer runs at the INT8 peak, moves one byte per element and pads channels to the INT8 tile (32).
+    """
     r = profile.roofline
     align = profile.alignment
+    peak, bytes_per_element = r.peak_gflops, r.bytes_per_element
+    if sig.dtype == "int8":
+        if not r.int8_peak_gflops:
+            raise UserError(f"target {profile.name!r} has no INT8 path (no INT8 peak in its roofline); search it "
+                            "with --precision fp32")
+        peak, bytes_per_element, align = r.int8_peak_gflops, 1.0, max(align, int(r.int8_alignment))
     cin = sig.cin if sig.cin <= 4 else staircase(sig.cin, align)  # RGB input is not padded to a tensor-core tile
     cout = staircase(sig.cout, align)
     padded = sig.with_channels(cin, cout) if not sig.depthwise else sig.with_channels(cout, cout)
     oh, ow = padded.out_hw
     flops = 2.0 * padded.macs
     elements = padded.cin * sig.in_h * sig.in_w + padded.cout * oh * ow + padded.params
-    compute_ms = flops / (r.peak_gflops * 1e9 * r.efficiency) * 1e3
-    memory_ms = elements * r.bytes_per_element / (r.bandwidth_gbs * 1e9) * 1e3
+    compute_ms = flops / (peak * 1e9 * r.efficiency) * 1e3
+    memory_ms = elements * bytes_per_element / (r.bandwidth_gbs * 1e9) * 1e3
     return max(compute_ms, memory_ms) + r.fixed_ms_per_layer

@@ -28,6 +28,13 @@ SPARSE_24 = NMSupport(
 )
 
 
+# INT8 on Jetson is a TensorRT INT8 engine built from the QDQ ONNX file autoprune exports (explicit quantization,
+# `trtexec --int8`). Its latency here is the same roofline at the INT8 peak, 1 byte per element and channels padded
+# to 32 (INT8 tensor-core tiles), with the FP16-fitted efficiency: an estimate until an INT8 engine is measured.
+VOLTA_INT8 = "Volta INT8 tensor-core rate = 2x its FP16 rate (no GPU-only INT8 figure in the datasheet)"
+DATASHEET_INT8 = "dense GPU INT8 TOPS from the datasheet (jetson-calibration.md)"
+
+
 @dataclass(frozen=True)
 class JetsonSpec:
     name: str
@@ -38,19 +45,24 @@ class JetsonSpec:
     borrow_efficiency_from: str | None = None
     tensor_cores: bool = True
     sparse_24: bool = False
+    int8_peak_gflops: float | None = None  # dense INT8 GOP/s of the GPU (no DLA); None: no INT8 tensor path
+    int8_source: str = ""
 
 
 SPECS = (
     JetsonSpec("jetson-nano-trt-fp16", "NVIDIA Jetson Nano (128-core Maxwell GPU)", 472.0, 25.6, published_ms=11.4,
                tensor_cores=False),
     JetsonSpec("jetson-agx-xavier-trt-fp16", "NVIDIA Jetson AGX Xavier (512-core Volta GPU, 64 tensor cores)",
-               11300.0, 137.0, published_ms=1.64),
+               11300.0, 137.0, published_ms=1.64, int8_peak_gflops=22600.0, int8_source=VOLTA_INT8),
     JetsonSpec("jetson-xavier-nx-trt-fp16", "NVIDIA Jetson Xavier NX (384-core Volta GPU, 48 tensor cores)",
-               6800.0, 51.2, borrow_efficiency_from="jetson-agx-xavier-trt-fp16"),
+               6800.0, 51.2, borrow_efficiency_from="jetson-agx-xavier-trt-fp16", int8_peak_gflops=13600.0,
+               int8_source=VOLTA_INT8),
     JetsonSpec("jetson-orin-nano-trt-fp16", "NVIDIA Jetson Orin Nano 8GB (1024-core Ampere GPU)", 10000.0, 68.0,
-               borrow_efficiency_from="jetson-agx-xavier-trt-fp16", sparse_24=True),
+               borrow_efficiency_from="jetson-agx-xavier-trt-fp16", sparse_24=True, int8_peak_gflops=20000.0,
+               int8_source=DATASHEET_INT8),
     JetsonSpec("jetson-agx-orin-trt-fp16", "NVIDIA Jetson AGX Orin 64GB (2048-core Ampere GPU)", 42500.0, 204.8,
-               borrow_efficiency_from="jetson-agx-xavier-trt-fp16", sparse_24=True),
+               borrow_efficiency_from="jetson-agx-xavier-trt-fp16", sparse_24=True, int8_peak_gflops=85000.0,
+               int8_source=DATASHEET_INT8),
 )
 
 
@@ -61,12 +73,18 @@ def _profile(spec: JetsonSpec, efficiency: float, provenance: str, source: str, 
         f"per-layer fixed cost {FIXED_MS_PER_LAYER} ms is assumed ('tens of microseconds'), not fitted",
         "pooling, residual additions and activations are not modelled separately (TensorRT fuses most of them)",
     ]
+    if spec.int8_peak_gflops:
+        caveats.append(f"INT8 (TensorRT INT8 engine from the QDQ ONNX export) is estimated: INT8 peak "
+                       f"{spec.int8_peak_gflops:g} GOP/s ({spec.int8_source}), channels padded to 32, FP16 efficiency")
+    else:
+        caveats.append("no INT8 tensor path on this GPU: INT8 plans are refused")
     if not spec.tensor_cores:
         caveats.append("no tensor cores: the alignment of 8 models TensorRT's FP16 kernel tiles, an assumption")
     return HardwareProfile(
         name=spec.name, device=spec.device, runtime="tensorrt", precision="fp16", batch=1, threads=0, date=date,
         provenance=provenance, provenance_source=source, alignment=8, latency_model="roofline",
-        roofline=Roofline(spec.peak_gflops, spec.bandwidth_gbs, round(efficiency, 5), FIXED_MS_PER_LAYER, 2.0, fit),
+        roofline=Roofline(spec.peak_gflops, spec.bandwidth_gbs, round(efficiency, 5), FIXED_MS_PER_LAYER, 2.0, fit,
+                          int8_peak_gflops=spec.int8_peak_gflops),
         unstructured_sparsity=False, nm=(SPARSE_24,) if spec.sparse_24 else (),
         software={"tensorrt": "as in torch2trt benchmarks (JetPack 4.x)"} if spec.published_ms else {},
         caveats=tuple(caveats),

@@ -61,6 +61,8 @@ class Roofline:
     fixed_ms_per_layer: float
     bytes_per_element: float
     fit: str = ""
+    int8_peak_gflops: float | None = None  # INT8 tensor-core peak in GOP/s; None: no INT8 path on this device
+    int8_alignment: int = 32  # INT8 kernels tile channels by 32 (TensorRT on tensor cores)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,9 @@ class HardwareProfile:
             r = self.roofline
             latency["roofline"] = {"peak_gflops": r.peak_gflops, "bandwidth_gbs": r.bandwidth_gbs,
                                    "efficiency": r.efficiency, "fixed_ms_per_layer": r.fixed_ms_per_layer,
-                                   "bytes_per_element": r.bytes_per_element, **({"fit": r.fit} if r.fit else {})}
+                                   "bytes_per_element": r.bytes_per_element, **({"fit": r.fit} if r.fit else {}),
+                                   **({"int8_peak_gflops": r.int8_peak_gflops, "int8_alignment": r.int8_alignment}
+                                      if r.int8_peak_gflops else {})}
         data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
@@ -205,7 +209,8 @@ def profile_from_dict(data: Any, where: str) -> HardwareProfile:
         )
         for e in latency.get("entries") or []
     )
-    roofline = Roofline(**{k: (float(v) if k != "fit" else v) for k, v in latency["roofline"].items()}) \
+    roofline = Roofline(**{k: (v if k == "fit" else int(v) if k == "int8_alignment" else float(v))
+                           for k, v in latency["roofline"].items()}) \
         if latency["model"] == "roofline" else None
     validation = {}
     for key, v in (data.get("validation") or {}).items():

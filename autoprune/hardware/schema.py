@@ -166,7 +166,7 @@ def _check_latency(c: _Checker, value: Any) -> None:
         r = c.mapping(value["roofline"], "latency.roofline",
                       required=("peak_gflops", "bandwidth_gbs", "efficiency", "fixed_ms_per_layer",
                                 "bytes_per_element"),
-                      optional=("fit",))
+                      optional=("fit", "int8_peak_gflops", "int8_alignment"))
         c.number(r["peak_gflops"], "latency.roofline.peak_gflops", 0.0, exclusive=True)
         c.number(r["bandwidth_gbs"], "latency.roofline.bandwidth_gbs", 0.0, exclusive=True)
         eff = c.number(r["efficiency"], "latency.roofline.efficiency", 0.0, exclusive=True)
@@ -176,6 +176,10 @@ def _check_latency(c: _Checker, value: Any) -> None:
         c.number(r["bytes_per_element"], "latency.roofline.bytes_per_element", 0.0, exclusive=True)
         if "fit" in r:
             c.string(r["fit"], "latency.roofline.fit")
+        if "int8_peak_gflops" in r:
+            c.number(r["int8_peak_gflops"], "latency.roofline.int8_peak_gflops", 0.0, exclusive=True)
+        if "int8_alignment" in r:
+            c.integer(r["int8_alignment"], "latency.roofline.int8_alignment", 1)
 
 
 def _check_entry(c: _Checker, entry: Any, path: str) -> None:

@@ -27,6 +27,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from autoprune.distill import distillation_loss  # noqa: F401 - re-exported: its home is autoprune.distill
 from autoprune.errors import UserError
 from autoprune.paths import atomic_write_bytes
 from autoprune.report.card import Finetune, ModelCard, OnnxCheck, PredictedLatency, write_card
@@ -80,17 +81,6 @@ class ExportResult:
     out_dir: Path
     card: ModelCard
     files: dict[str, Path]
-
-
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, weight: float) -> torch.Tensor:
-    """``weight * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - weight) * CE(s, labels)`` (Hinton et al.)."""
-    t = temperature
-    kd = nn.functional.kl_div(
-        nn.functional.log_softmax(student_logits / t, dim=1), nn.functional.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean", log_target=True,
-    ) * (t * t)
-    return weight * kd + (1.0 - weight) * nn.functional.cross_entropy(student_logits, labels)
 
 
 def finetune_epochs(model: nn.Module, loader, settings: ExportSettings, seed: int, masks=None,
