@@ -134,6 +134,68 @@ def prune(
         )
 
 
+def sensitivity(
+    model: str = typer.Option(..., "--model", help="torchvision model name"),
+    data: str = typer.Option("mnist5k", "--data", help="data spec: mnist5k | digits | cifar10[:DIR] | imagefolder:PATH"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict of the trained dense model; without it the cached baseline is used (trained once if missing)"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint (runs code from the file)"),
+    input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW"),
+    ratios: str = typer.Option("0.9,0.75,0.5,0.25", "--ratios", help="comma-separated keep ratios in (0, 1) to try per group"),
+    importance: str = typer.Option("l1", "--importance", help="criterion that picks the channels removed"),
+    groups: Optional[str] = typer.Option(None, "--groups", help="comma-separated groups to analyse (default: all)"),
+    bn_batches: int = typer.Option(8, "--bn-batches", help="training batches for BatchNorm recalibration"),
+    baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs of the baseline (matches `search` to reuse its cache)"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for sensitivity.json and sensitivity.html (default autoprune-runs/sensitivity-MODEL)"),
+    space_out: Optional[Path] = typer.Option(None, "--space-out", help="also write a reviewed search space (YAML for `search --space`) with per-group min_keep from the table"),
+    max_drop: float = typer.Option(0.02, "--max-drop", help="accuracy drop a group may cost for --space-out (absolute, 0.02 = 2 points)"),
+    plain: bool = typer.Option(False, "--no-recalibration", help="bound --space-out by the drops without BN recalibration"),
+    as_json: bool = typer.Option(False, "--json", help="print the table as JSON on stdout"),
+) -> None:
+    """Prune one group at a time over a keep-ratio grid; record the accuracy drop with and without BN recalibration."""
+    from autoprune.baseline import BaselineSpec, get_baseline
+    from autoprune.data import load_data
+    from autoprune.pruning import generate_space
+    from autoprune.pruning.importance import needs_calibration
+    from autoprune.pruning.sensitivity import (
+        analyze_sensitivity, parse_ratios, select_groups, sensitivity_html, sensitivity_space,
+    )
+    from autoprune.training import TrainRecipe
+
+    grid = parse_ratios(ratios)
+    if not (0.0 <= max_drop < 1.0):
+        raise UserError(f"--max-drop {max_drop} must lie in [0, 1) (absolute accuracy, 0.02 = two points)")
+    if bn_batches < 0 or baseline_epochs < 1:
+        raise UserError("--bn-batches must be >= 0 and --baseline-epochs >= 1")
+    shape = parse_input_shape(input_shape)
+    bundle = load_data(data, (shape[2], shape[3]), seed)
+    selected = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+    # check the group names on an untrained copy: a typo should not cost a baseline training first
+    select_groups(generate_space(create_model(model, bundle.num_classes), model, shape), selected)
+    spec = BaselineSpec(model, data, shape, bundle.num_classes, seed, TrainRecipe(epochs=baseline_epochs))
+    err_console.print(f"preparing the dense baseline of {model} on {data}")
+    baseline = get_baseline(spec, bundle, checkpoint, trust_checkpoint)
+    train_loader = bundle.loader("train", 32, seed)
+    calibration = [b for _, b in zip(range(2), train_loader)] if needs_calibration(importance) else None
+    table = analyze_sensitivity(
+        baseline.model, model, shape, bundle.loader("val", 256, seed, shuffle=False), train_loader,
+        bundle.num_classes, grid, importance, selected, bn_batches, data, calibration,
+        on_point=lambda p: err_console.print(
+            f"  {p.group:<40} keep {p.keep_ratio:.2f}: drop {100 * p.drop:+6.2f} pts, "
+            f"recalibrated {100 * p.drop_recalibrated:+6.2f} pts", markup=False, highlight=False),
+    )
+    folder = out if out is not None else Path("autoprune-runs") / f"sensitivity-{model}"
+    atomic_write_json(folder / "sensitivity.json", table.to_dict())
+    atomic_write_text(folder / "sensitivity.html", sensitivity_html(table))
+    err_console.print(f"wrote {folder / 'sensitivity.json'} and {folder / 'sensitivity.html'}")
+    if space_out is not None:
+        bounded = sensitivity_space(table, generate_space(baseline.model, model, shape), max_drop, not plain)
+        atomic_write_text(space_out, bounded.to_yaml())
+        err_console.print(f"wrote a search space bounded at {max_drop:.3f} drop to {space_out}")
+    if as_json:
+        print_json(table.to_dict())
+
+
 def _accuracy(net, bundle) -> float | None:
     if bundle is None:
         return None
@@ -145,3 +207,4 @@ def _accuracy(net, bundle) -> float | None:
 def register(app: typer.Typer) -> None:
     app.command("space")(space)
     app.command("prune")(prune)
+    app.command("sensitivity")(sensitivity)
