@@ -51,10 +51,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def kd_loss_fn(teacher: nn.Module, settings: DistillSettings = DistillSettings()) -> LossFn:
     """A ``loss_fn(model, images, labels)`` for :func:`autoprune.training.finetune_steps` that distils from
-    ``teacher``. The teacher is put in eval mode and never receives gradients."""
+    ``teacher``. The teacher runs in eval mode under ``no_grad``; its parameters are left as they are (students
+    are often deep copies of the teacher, and would inherit a frozen flag)."""
     teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
 
     def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -69,16 +69,17 @@ def pareto_table(result: SearchResult) -> Table:
     base = result.baseline
     provenance = base.get("latency_provenance", "")
     table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left")
-    for column in ("trial", "accuracy", f"latency ms ({provenance})", "speedup", "params", "MFLOPs", "strategy"):
+    for column in ("trial", "accuracy", f"latency ms ({provenance})", "speedup", "params", "MFLOPs", "precision",
+                   "strategy"):
         table.add_column(column, justify="right" if column != "strategy" else "left")
     table.add_row(
         "dense", f"{base['accuracy']:.2%}", f"{base['latency_ms']:.4g}", "1.00×", f"{base['params']:,}",
-        f"{base['mflops']:.1f}", "baseline", style="dim",
+        f"{base['mflops']:.1f}", "fp32", "baseline", style="dim",
     )
     for r in result.pareto:
         table.add_row(
             str(r.number), f"{r.accuracy:.2%}", f"{r.latency_ms:.4g}", f"{r.speedup:.2f}×", f"{r.params:,}",
-            f"{r.mflops:.1f}", r.strategy,
+            f"{r.mflops:.1f}", r.precision, r.strategy,
         )
     return table
 
@@ -112,6 +113,10 @@ def search(
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs reserved per Ray worker."),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs reserved per Ray worker."),
     worker_retries: int = typer.Option(1, "--worker-retries", help="re-runs of a trial whose Ray worker died, before it is failed."),
+    precision: str = typer.Option("fp32", "--precision", help="precisions to search, comma-separated: fp32 | int8 | fp32,int8 (INT8: static quantization, accuracy measured in onnxruntime)."),
+    distill: bool = typer.Option(False, "--distill", help="fine-tune candidates with knowledge distillation from the dense model."),
+    distill_alpha: float = typer.Option(0.9, "--distill-alpha", help="share of the distillation loss in [0, 1] (the rest is cross-entropy)."),
+    distill_temperature: float = typer.Option(4.0, "--distill-temperature", help="distillation temperature (> 0; typically 2 to 8)."),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON on stdout."),
 ) -> None:
     """Search per-group keep ratios for MODEL on TARGET; print the accuracy-vs-latency Pareto front."""
@@ -123,7 +128,8 @@ def search(
         space_file=str(space) if space else None, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
         max_params=max_params, size_objective=size_objective, multi_fidelity=multi_fidelity, backend=backend,
         workers=workers, ray_address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-        worker_retries=worker_retries,
+        worker_retries=worker_retries, precision=precision, distill=distill, distill_alpha=distill_alpha,
+        distill_temperature=distill_temperature,
     )
     started = time.perf_counter()
     with RichReporter(quiet=json_output) as reporter:

@@ -1,6 +1,7 @@
 """Export one trial: rebuild the pruned model from the dense baseline and the trial's plan, fine-tune it
 properly (optionally distilling from the dense model), and write model.pt (TorchScript), model.onnx and a
-model card (JSON + Markdown).
+model card (JSON + Markdown). An INT8 trial also gets model_int8.onnx: the fine-tuned model statically quantized
+(QDQ, calibrated on training images), its accuracy measured in onnxruntime and recorded with the file entry.
 
 The dense baseline is the study's: same checkpoint, or the same cached (or retrained, bit-for-bit the same
 recipe) weights. The plan is applied whole (channels, then unstructured / N:M zeroing, whose masks are re-applied
@@ -254,6 +255,19 @@ def export_trial(
     onnx_path = export_onnx(model, input_shape, out_dir / "model.onnx")
     images, _ = _val_images(data, SAMPLES_FOR_ONNX_CHECK)
     check = onnx_check(model, onnx_path, images)
+    files = {"torchscript": _file_entry(pt_path), "onnx": _file_entry(onnx_path)}
+    int8_path = None
+    if plan.precision == "int8":
+        from autoprune.quantize import quantize_and_evaluate
+
+        stage("quantizing to INT8 (static, QDQ) and measuring its accuracy in onnxruntime")
+        quantized = quantize_and_evaluate(model, input_shape, train, data.loader("val", 256, spec.seed, shuffle=False),
+                                          data.num_classes)
+        int8_path = out_dir / "model_int8.onnx"
+        atomic_write_bytes(int8_path, quantized.onnx)
+        files["onnx_int8"] = {**_file_entry(int8_path), "accuracy": quantized.eval.accuracy,
+                              "calibration_samples": quantized.calibration_samples,
+                              "quantization": "onnxruntime static QDQ, u8 activations (min/max), s8 per-channel weights"}
 
     host = dense_host = None
     if settings.measure:
@@ -292,12 +306,14 @@ def export_trial(
         host_latency=host, dense_host_latency=dense_host, params=stats.params, nonzero_params=stats.nonzero_params,
         dense_params=dense_params, macs=stats.macs, mflops=round(stats.mflops, 3), size_mb=round(stats.size_mb, 3),
         sparsity=1.0 - stats.nonzero_params / dense_params, weight_sparsity=zero / numel if numel else 0.0,
-        onnx_check=check, files={"torchscript": _file_entry(pt_path), "onnx": _file_entry(onnx_path)},
+        onnx_check=check, files=files,
         command=command or reproduce, reproduce=reproduce,
         created_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         software={"torch": torch.__version__, "torchvision": torchvision.__version__,
                   "onnxruntime": onnxruntime.__version__},
     )
     json_path, md_path = write_card(card, out_dir)
-    return ExportResult(out_dir, card, {"torchscript": pt_path, "onnx": onnx_path, "card_json": json_path,
-                                        "card_md": md_path})
+    written = {"torchscript": pt_path, "onnx": onnx_path, "card_json": json_path, "card_md": md_path}
+    if int8_path is not None:
+        written["onnx_int8"] = int8_path
+    return ExportResult(out_dir, card, written)

@@ -73,6 +73,7 @@ class TrialPoint:
     pareto_optimal: bool
     feasible: bool = True  # met the search's latency/accuracy/params limits (infeasible trials never join the front)
     fidelity: str = "finetuned"  # "finetuned" | "cut_short" | "proxy" (accuracy before any fine-tuning)
+    precision: str = "fp32"  # "fp32" | "int8" (accuracy of the quantized model, measured in onnxruntime)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class Candidate:
     plan: Mapping[str, Any]
     average_drop: float  # dense accuracy - candidate accuracy
     per_class: tuple[ClassAccuracy, ...]
+    precision: str = "fp32"  # "fp32" | "int8"
+    float_accuracy: float | None = None  # INT8: the FP32 accuracy before quantization
 
     @property
     def flagged_classes(self) -> tuple[str, ...]:
@@ -322,6 +325,7 @@ def build_report(
             speedup=dense_lat / r.latency_ms if r.latency_ms > 0 else math.nan, params=r.params, mflops=r.mflops,
             size_mb=r.size_mb, pareto_optimal=r.number in on_front, feasible=bool(getattr(r, "feasible", True)),
             fidelity=str(getattr(r, "fidelity", attrs[r.number].get("fidelity", "finetuned"))),
+            precision=str(getattr(r, "precision", attrs[r.number].get("precision", "fp32"))),
         )
         for r in records
     ]
@@ -346,9 +350,12 @@ def build_report(
             keep_ratios=ratios, kept_channels=kept, plan=plan, average_drop=average_drop,
             per_class=per_class_drops(dense_per_class, a.get("per_class_accuracy", []), class_names, average_drop,
                                       class_drop_threshold),
+            precision=p.precision,
+            float_accuracy=_f(a["float_accuracy"]) if a.get("float_accuracy") is not None else None,
         ))
 
-    uniform = sorted((p for p in points if p.strategy == "uniform"), key=lambda p: p.latency_ms)
+    # The uniform-ratio curve is the pruning-only reference: FP32 trials only, as the dense point it ends at.
+    uniform = sorted((p for p in points if p.strategy == "uniform" and p.precision == "fp32"), key=lambda p: p.latency_ms)
     curve: list[CurvePoint] = [
         CurvePoint(p.trial, _common_ratio(attrs[p.trial].get("plan", {}), group_names), p.accuracy,
                    p.latency_ms)

@@ -23,10 +23,18 @@ def _hover(p: TrialPoint) -> str:
     notes = [n for n, on in (("Pareto-optimal", p.pareto_optimal), ("infeasible: outside the search's limits",
                                                                    not p.feasible)) if on]
     fidelity = {"proxy": " (not fine-tuned: proxy accuracy)", "cut_short": " (fine-tuning cut short)"}.get(p.fidelity, "")
-    return (f"trial {p.trial} ({p.strategy}){''.join(' · ' + n for n in notes)}<br>"
+    return (f"trial {p.trial} ({p.strategy}, {p.precision.upper()}){''.join(' · ' + n for n in notes)}<br>"
             f"accuracy {tables.pct(p.accuracy)}{fidelity} (before fine-tune {tables.pct(p.proxy_accuracy)})<br>"
             f"latency {tables.ms(p.latency_ms)} ms ({p.latency_provenance}) · speedup {tables.times(p.speedup)}<br>"
             f"params {p.params:,} · {tables.number(p.mflops)} MFLOPs · {tables.number(p.size_mb, 2)} MB")
+
+
+# FP32 and INT8 candidates share the front; the marker shape tells them apart (colour is the strategy).
+SYMBOLS = {("fp32", True): "circle", ("int8", True): "square", ("fp32", False): "x", ("int8", False): "square-x"}
+
+
+def _symbol(p: TrialPoint) -> str:
+    return SYMBOLS.get((p.precision, p.feasible), "circle" if p.feasible else "x")
 
 
 def pareto_figure(record: ReportRecord) -> go.Figure:
@@ -38,7 +46,7 @@ def pareto_figure(record: ReportRecord) -> go.Figure:
             x=[p.latency_ms for p in points], y=[p.accuracy for p in points], mode="markers",
             name=f"trials: {strategy}",
             marker={"size": 8, "color": _PALETTE[i % len(_PALETTE)], "opacity": 0.65,
-                    "symbol": ["circle" if p.feasible else "x" for p in points]},
+                    "symbol": [_symbol(p) for p in points]},
             hovertext=[_hover(p) for p in points], hoverinfo="text",
         ))
     if record.uniform_curve:
@@ -54,7 +62,8 @@ def pareto_figure(record: ReportRecord) -> go.Figure:
     fig.add_trace(go.Scatter(
         x=[p.latency_ms for p in front], y=[p.accuracy for p in front], mode="lines+markers", name="Pareto front",
         line={"shape": "hv", "color": "#d62728"},
-        marker={"size": 12, "color": "#d62728", "symbol": "diamond", "line": {"width": 1, "color": "black"}},
+        marker={"size": 12, "color": "#d62728", "line": {"width": 1, "color": "black"},
+                "symbol": ["diamond" if p.precision == "fp32" else "square" for p in front]},
         hovertext=[_hover(p) for p in front], hoverinfo="text",
     ))
     d = record.dense

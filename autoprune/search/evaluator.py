@@ -10,6 +10,11 @@ Multi-fidelity (Optuna's trial pruners do not handle multi-objective studies, so
    the current front dominates it by more than ``stop_margin`` accuracy.
 
 The trial records both accuracies, the fidelity reached and the fine-tuning steps actually spent.
+
+With ``distill`` the brief fine-tune distils from the dense model (:mod:`autoprune.distill`). An INT8 plan is
+fine-tuned in FP32 like any other, then exported to ONNX, statically quantized (calibrated on training images)
+and its accuracy measured by running the quantized model in onnxruntime (:mod:`autoprune.quantize`); the FP32
+accuracy before quantization is kept as ``float_accuracy``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class EvaluatorSettings:
     stop_margin: float = 0.03  # accuracy by which the front must dominate a candidate to cut it short
     gain_margin: float = 0.05  # slack on the largest fine-tuning gain seen, when deciding to skip
     min_history: int = 3  # fine-tuned candidates needed before any is skipped
+    distill: bool = False  # fine-tune with knowledge distillation from the dense model
+    distill_alpha: float = 0.9  # share of the distillation term in the loss
+    distill_temperature: float = 4.0
+    quantization_samples: int = 128  # training images the INT8 activation ranges are calibrated on
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,13 @@ class CandidateResult:
     fidelity: str = "finetuned"  # "proxy" (not fine-tuned) | "cut_short" | "finetuned"
     fidelity_reason: str = ""
     curve: tuple[tuple[int, float], ...] = ()  # (steps so far, accuracy) at each check
+    float_accuracy: float | None = None  # INT8 candidates: FP32 accuracy before quantization
+    int8_onnx: bytes | None = field(default=None, repr=False, compare=False)  # the quantized model (INT8 only)
+    size_mb_at_precision: float | None = None  # INT8: parameters at one byte each (MB)
+
+    @property
+    def precision(self) -> str:
+        return self.plan.precision
 
     @property
     def params(self) -> int:
@@ -110,6 +126,9 @@ class CandidateResult:
             "fidelity": self.fidelity,
             "fidelity_reason": self.fidelity_reason,
             "accuracy_curve": [list(p) for p in self.curve],
+            "precision": self.plan.precision,
+            **({"float_accuracy": self.float_accuracy, "size_mb": round(self.size_mb_at_precision, 3)}
+               if self.float_accuracy is not None else {}),
         }
 
 
@@ -159,6 +178,14 @@ class Evaluator:
         if not skip:
             result, spent, curve, cut = self._finetune(pruned, train, val, estimate.latency_ms, guidance)
             fidelity, reason = ("cut_short", cut) if cut else ("finetuned", "")
+        float_accuracy = int8 = None
+        if plan.precision == "int8":
+            from autoprune.quantize import quantize_and_evaluate
+
+            float_accuracy = result.accuracy
+            quantized = quantize_and_evaluate(model, tuple(self.space.input_shape), train, val,
+                                              self.data.num_classes, s.quantization_samples)
+            result, int8 = quantized.eval, quantized.onnx
         return CandidateResult(
             plan=plan,
             accuracy=result.accuracy,
@@ -175,6 +202,9 @@ class Evaluator:
             fidelity=fidelity,
             fidelity_reason=reason,
             curve=tuple(curve),
+            float_accuracy=float_accuracy,
+            int8_onnx=int8,
+            size_mb_at_precision=stats.params / 1e6 if int8 is not None else None,
         )
 
     def _skip_reason(self, proxy: float, latency_ms: float, params: int, guidance: Guidance | None) -> str:
@@ -203,12 +233,17 @@ class Evaluator:
         checks = max(1, min(s.finetune_checks, s.finetune_steps))
         bounds = [round(s.finetune_steps * (k + 1) / checks) for k in range(checks)]
         batches = cycle(train)
+        loss_fn = cross_entropy_loss
+        if s.distill:
+            from autoprune.distill import DistillSettings, kd_loss_fn
+
+            loss_fn = kd_loss_fn(self.baseline, DistillSettings(s.distill_alpha, s.distill_temperature))
         spent, curve, result = 0, [], None
         for k, bound in enumerate(bounds):
             model.train()
             while spent < bound:
                 images, labels = next(batches)
-                loss = cross_entropy_loss(model, images, labels)
+                loss = loss_fn(model, images, labels)
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(f"fine-tuning loss became {float(loss)} at step {spent + 1}")
                 optimizer.zero_grad()

@@ -32,6 +32,7 @@ class TrialRecord:
     proxy_accuracy: float = float("nan")  # after BN recalibration only
     fidelity: str = "finetuned"  # "proxy" | "cut_short" | "finetuned"
     finetune_steps: int = -1  # fine-tuning steps actually spent (-1: not recorded)
+    precision: str = "fp32"  # fp32 | int8 (accuracy then measured on the quantized model in onnxruntime)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +67,7 @@ def completed_records(study: optuna.Study) -> list[TrialRecord]:
                 proxy_accuracy=float(a.get("proxy_accuracy", float("nan"))),
                 fidelity=str(a.get("fidelity", "finetuned")),
                 finetune_steps=int(a.get("finetune_steps", -1)),
+                precision=str(a.get("precision", dict(a.get("plan", {})).get("precision", "fp32"))),
             )
         )
     return records

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from autoprune.baseline import BaselineSpec, get_baseline
 from autoprune.data import load_data
+from autoprune.distill import DistillSettings
 from autoprune.errors import UserError, unknown_choice
 from autoprune.models import available_models
 from autoprune.hardware import CostModel, load_profile
@@ -75,6 +76,10 @@ class SearchConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     worker_retries: int = 1
+    precision: tuple[str, ...] = ("fp32",)  # precisions searched: fp32 and/or int8 (static quantization)
+    distill: bool = False  # fine-tune candidates with knowledge distillation from the dense model
+    distill_alpha: float = 0.9
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if self.model not in available_models():
@@ -92,6 +97,8 @@ class SearchConfig:
         if self.backend == "local" and (self.workers != 1 or self.ray_address):
             raise UserError("--workers and --ray-address need --backend ray (the local backend runs one trial at a time)")
         self.constraints  # validates the limits
+        object.__setattr__(self, "precision", parse_precisions(self.precision))
+        DistillSettings(self.distill_alpha, self.distill_temperature)  # validates the distillation weights
         if self.backend == "ray":
             self.ray_settings
 
@@ -171,6 +178,20 @@ class SearchResult:
         }
 
 
+def parse_precisions(value) -> tuple[str, ...]:
+    """``"fp32,int8"`` (or a sequence) -> ("fp32", "int8"): known precisions, no duplicates, order kept."""
+    from autoprune.plan import PRECISIONS
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(dict.fromkeys(str(v).strip().lower() for v in items if str(v).strip()))
+    if not names:
+        raise UserError("--precision needs at least one of fp32, int8 (e.g. --precision fp32,int8)")
+    for name in names:
+        if name not in PRECISIONS:
+            raise unknown_choice("precision", name, PRECISIONS, "e.g. --precision fp32,int8")
+    return names
+
+
 def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> SearchResult:
     """Run (or resume) the search described by ``config``; see the module docstring."""
     reporter = reporter or SilentReporter()
@@ -201,6 +222,8 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
         space = space.with_overrides(Path(config.space_file))
     cost_model = CostModel(profile)
     dense_latency = cost_model.predict(space, PruningPlan(alignment=space.alignment))
+    for precision in config.precision:  # a target that cannot price INT8 fails here, before any trial
+        cost_model.predict(space, PruningPlan(alignment=space.alignment, precision=precision))
     dense_eval = evaluate(baseline.model, data.loader("val", 256, config.seed, shuffle=False), data.num_classes)
     dense = {
         "accuracy": dense_eval.accuracy,
@@ -215,7 +238,8 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
     _claim_study(study, config, profile, dense, space, spec)
     evaluator = Evaluator(
         baseline.model, data, space, cost_model,
-        EvaluatorSettings(finetune_steps=config.finetune_steps, seed=config.seed),
+        EvaluatorSettings(finetune_steps=config.finetune_steps, seed=config.seed, distill=config.distill,
+                          distill_alpha=config.distill_alpha, distill_temperature=config.distill_temperature),
     )
     costs = SpaceCosts(space, cost_model)
     check_budget_reachable(space, costs, config.constraints, config.importance)
@@ -223,6 +247,7 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
         config.strategy, space, config.importance, config.seed, config.trials, config.constraints, costs,
         workers=config.workers,
     )
+    strategy.precisions = config.precision
     study.sampler = strategy.sampler()
     _requeue_interrupted(study, reporter)
     if config.backend == "ray":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import optuna
@@ -32,6 +32,7 @@ from autoprune.plan import PruningPlan
 from autoprune.pruning.space import GroupSpec, SearchSpace
 
 PARAM_PREFIX = "keep/"
+PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans more than one precision
 CONSTRAINTS_ATTR = "constraints"
 
 
@@ -42,7 +43,8 @@ def param_name(group: str) -> str:
 
 def plan_from_params(params: dict[str, float], space: SearchSpace, importance: str) -> PruningPlan:
     ratios = {k[len(PARAM_PREFIX) :]: float(v) for k, v in params.items() if k.startswith(PARAM_PREFIX)}
-    return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment)
+    precision = str(params.get(PRECISION_PARAM, "fp32"))
+    return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment, precision=precision)
 
 
 def grid_steps(group: GroupSpec) -> int:
@@ -163,6 +165,9 @@ class Strategy(abc.ABC):
     """Proposes pruning plans for a study. Subclasses choose the sampler and may enqueue parameters."""
 
     name: str = ""
+    # Precisions a plan may run at; the runner sets them from --precision. With more than one, every strategy's
+    # trials carry a categorical "precision" parameter the sampler chooses like any other.
+    precisions: tuple[str, ...] = ("fp32",)
 
     def __init__(
         self,
@@ -194,7 +199,15 @@ class Strategy(abc.ABC):
         for group in self.space.groups:
             if group.min_keep < group.max_keep:
                 trial.suggest_float(param_name(group.name), group.min_keep, group.max_keep, step=group.step)
-        return plan_from_params(trial.params, self.space, self.importance)
+        return self.with_precision(trial, plan_from_params(trial.params, self.space, self.importance))
+
+    def with_precision(self, trial: optuna.Trial, plan: PruningPlan) -> PruningPlan:
+        """``plan`` at the trial's precision: suggested when several are searched, else the only one."""
+        if len(self.precisions) > 1:
+            precision = trial.suggest_categorical(PRECISION_PARAM, list(self.precisions))
+        else:
+            precision = self.precisions[0]
+        return plan if plan.precision == precision else replace(plan, precision=str(precision))
 
     # helpers for strategies that enqueue their proposals
     def _plan(self, ratios: dict[str, float]) -> PruningPlan:
