@@ -1,4 +1,5 @@
-"""How much and when: one-shot, iterative and automated gradual pruning (AGP) with masked fine-tuning.
+"""How much and when: one-shot, iterative, automated gradual pruning (AGP), lottery-ticket rewinding and
+regularize-then-cut (network slimming, group lasso), all with masked fine-tuning.
 
 Fine-tuning re-applies the sparsity masks after every optimizer step, so pruned weights stay exactly zero
 and each schedule ends at its plan's target sparsity.
@@ -18,7 +19,7 @@ from autoprune.plan import PruningPlan
 from autoprune.pruning.engine import PruneResult, prune
 from autoprune.pruning.unstructured import Masks, apply_sparsity
 
-SCHEDULES = ("one-shot", "iterative", "agp")
+SCHEDULES = ("one-shot", "iterative", "agp", "lottery", "slimming", "group-lasso")
 
 
 def agp_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0) -> float:
@@ -50,6 +51,7 @@ def run_schedule(
     lr: float = 0.01,
     seed: int = 0,
     calibration=None,
+    reg_strength: float = 1e-3,
 ) -> PruneResult:
     """Prune ``model`` in place to ``plan`` by ``schedule`` with ``steps`` fine-tuning steps in total.
 
@@ -57,10 +59,22 @@ def run_schedule(
     - ``iterative``: ``rounds`` rounds of prune -> fine-tune with linearly increasing ratios (structured keep
       ratios are re-expressed relative to the channels the previous round left);
     - ``agp``: structured part at once, then the sparsity grows along the cubic schedule during fine-tuning,
-      masks recomputed ``rounds`` times.
+      masks recomputed ``rounds`` times;
+    - ``lottery``: structured part at once, then ``rounds`` rounds of train -> magnitude-prune -> rewind to
+      the weights of an early step (see :mod:`autoprune.pruning.lottery`);
+    - ``slimming`` / ``group-lasso``: half the steps with an L1 penalty on the BN scales / a group-lasso
+      penalty (weight ``reg_strength``) on the groups the plan prunes, then the cut, ranked by the quantity
+      the penalty shrank (bn_scale / l2, whatever ``plan.importance`` says), then masked fine-tuning.
     """
     if schedule not in SCHEDULES:
         raise unknown_choice("schedule", schedule, SCHEDULES)
+    if schedule == "lottery":
+        from autoprune.pruning.lottery import lottery
+
+        return lottery(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration)
+    if schedule in ("slimming", "group-lasso"):
+        return _regularized(model, plan, schedule, example_inputs, loader, steps, lr, seed, calibration,
+                            reg_strength)
     if schedule == "one-shot" or (steps <= 0 and schedule == "agp"):
         result = prune(model, plan, example_inputs, calibration, seed)
         _finetune(model, loader, steps, lr, seed, result.masks)
@@ -100,6 +114,18 @@ def _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, cal
         result = prune(model, step_plan, example_inputs, calibration, seed)
         current = wanted
         _finetune(model, loader, steps // rounds, lr, seed + r, result.masks)
+    return prune_result(model, result.masks)
+
+
+def _regularized(model, plan, kind, example_inputs, loader, steps, lr, seed, calibration, strength) -> PruneResult:
+    from autoprune.pruning.regularization import REGULARIZERS, regularize
+
+    reg_steps = steps // 2 if loader is not None else 0
+    if reg_steps > 0 and plan.is_structured:
+        regularize(model, plan, example_inputs, loader, reg_steps, kind, strength, lr, seed)
+    cut = PruningPlan.from_dict({**plan.to_dict(), "importance": REGULARIZERS[kind]})
+    result = prune(model, cut, example_inputs, calibration, seed)
+    _finetune(model, loader, steps - reg_steps, lr, seed + 1, result.masks)
     return prune_result(model, result.masks)
 
 
