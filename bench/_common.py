@@ -1,0 +1,97 @@
+"""Shared by the bench scripts: machine and version facts, load-average sampling, writing NAME.json / NAME.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command_line() -> str:
+    """The exact command that ran this script (from the repository root)."""
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "autoprune"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head.stdout.strip() + (" (+ uncommitted changes under autoprune/)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    import onnxruntime
+    import optuna
+    import torch
+
+    from autoprune.hardware.device_runner import machine_description
+
+    return {
+        "machine": machine_description(),
+        "cpu_cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "autoprune_commit": git_commit(),
+        "command": command_line(),
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "note": "2 CPU cores shared with other users: timings depend on their load; the 1-minute load average is "
+                "sampled every 5 s during the run (load_average) and next to each timing",
+    }
+
+
+class LoadSampler:
+    """Samples os.getloadavg()[0] every ``every`` seconds in a daemon thread."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        self._stop.set()
+        s = self.samples
+        return {"min": round(min(s), 2), "mean": round(statistics.mean(s), 2), "max": round(max(s), 2),
+                "samples": len(s), "end_loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def mean_spread(values) -> dict:
+    values = [float(v) for v in values]
+    return {"mean": round(statistics.mean(values), 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
+
+
+def write(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    js.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    env = data.get("environment", {})
+    head = (f"# {name}\n\n- command: `{env.get('command', '')}`\n- machine: {env.get('machine', '')}, "
+            f"load average during the run: {data.get('load_average', '')}\n- versions: torch {env.get('torch')}, "
+            f"optuna {env.get('optuna')}, onnxruntime {env.get('onnxruntime')}, autoprune {env.get('autoprune_commit')}\n"
+            f"- started {env.get('started_utc')} UTC, took {data.get('wall_seconds', '?')} s\n\n")
+    md.write_text(head + markdown.strip() + "\n")
+    print(f"wrote {js} and {md}")
+    return js, md
