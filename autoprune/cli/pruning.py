@@ -67,7 +67,10 @@ def prune(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict to start from"),
     data: Optional[str] = typer.Option(None, "--data", help="data spec for accuracy, calibration, fine-tuning"),
     importance: Optional[str] = typer.Option(None, "--importance", help="l1|l2|bn_scale|fpgm|taylor|obd|snip|grasp|random"),
-    schedule: str = typer.Option("one-shot", "--schedule", help="one-shot|iterative|agp"),
+    schedule: str = typer.Option("one-shot", "--schedule", help="one-shot|iterative|agp|lottery|slimming|group-lasso"),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity", help="global magnitude sparsity in [0, 1) on top of --ratio/--plan (the fraction of weights zeroed)"),
+    rounds: int = typer.Option(3, "--rounds", help="rounds of the iterative, agp and lottery schedules"),
+    reg_strength: float = typer.Option(1e-3, "--reg-strength", help="weight of the slimming / group-lasso penalty"),
     finetune_steps: int = typer.Option(0, "--finetune-steps", help="fine-tuning steps (needs --data)"),
     alignment: Optional[int] = typer.Option(None, "--alignment", help="round kept channels to this multiple"),
     input_shape: str = typer.Option("1x3x32x32", "--input-shape"),
@@ -81,8 +84,10 @@ def prune(
     from autoprune.pruning.importance import needs_calibration
     from autoprune.pruning.schedules import run_schedule
 
-    if (ratio is None) == (plan_file is None):
-        raise UserError("give exactly one of --ratio R (uniform pruning ratio) or --plan FILE")
+    if (ratio is not None and plan_file is not None) or (ratio is None and plan_file is None and sparsity is None):
+        raise UserError("give exactly one of --ratio R (uniform pruning ratio) or --plan FILE, or only --sparsity S")
+    if rounds < 1 or reg_strength < 0:
+        raise UserError(f"--rounds {rounds} must be at least 1 and --reg-strength {reg_strength} non-negative")
     if ratio is not None and not (0.0 <= ratio < 1.0):
         raise UserError(f"--ratio {ratio} is outside [0, 1); it is the fraction of channels removed")
     if finetune_steps > 0 and data is None:
@@ -98,10 +103,13 @@ def prune(
     if ratio is not None:
         groups = generate_space(net, model, shape).group_names
         plan = PruningPlan.uniform(groups, 1.0 - ratio, importance=importance or "l1", alignment=alignment or 1)
-    else:
+    elif plan_file is not None:
         plan = _read_plan(plan_file)
         overrides = {k: v for k, v in (("importance", importance), ("alignment", alignment)) if v is not None}
         plan = PruningPlan.from_dict({**plan.to_dict(), **overrides})
+    else:
+        plan = PruningPlan(importance=importance or "l1", alignment=alignment or 1)
+    plan = _schedule_plan(plan, schedule, sparsity, importance)
     loader = bundle.loader("train", 32, seed) if bundle is not None else None
     calibration = None
     if needs_calibration(plan.importance):
@@ -109,8 +117,8 @@ def prune(
             raise UserError(f"importance {plan.importance!r} needs calibration batches: pass --data")
         calibration = [batch for _, batch in zip(range(2), loader)]
     before = _accuracy(net, bundle)
-    result = run_schedule(net, plan, schedule, torch.zeros(shape), loader, finetune_steps, seed=seed,
-                          calibration=calibration)
+    result = run_schedule(net, plan, schedule, torch.zeros(shape), loader, finetune_steps, rounds, seed=seed,
+                          calibration=calibration, reg_strength=reg_strength)
     metrics = {
         "model": model, "schedule": schedule, "plan": plan.to_dict(), **pruned_metrics(net, shape),
         "achieved_sparsity": result.sparsity.to_dict(),
@@ -194,6 +202,24 @@ def sensitivity(
         err_console.print(f"wrote a search space bounded at {max_drop:.3f} drop to {space_out}")
     if as_json:
         print_json(table.to_dict())
+
+
+def _schedule_plan(plan: PruningPlan, schedule: str, sparsity: float | None, importance: str | None) -> PruningPlan:
+    """``plan`` with ``--sparsity`` added, and the criterion a regularized schedule cuts by (recorded as used)."""
+    from autoprune.pruning.regularization import REGULARIZERS
+
+    data = plan.to_dict()
+    if sparsity is not None:
+        data["global_sparsity"] = sparsity
+    if schedule in REGULARIZERS:
+        wanted = REGULARIZERS[schedule]
+        if importance is not None and importance != wanted:
+            raise UserError(
+                f"--schedule {schedule} cuts by {wanted} (the quantity its penalty shrinks); "
+                f"drop --importance {importance} or pass --importance {wanted}"
+            )
+        data["importance"] = wanted
+    return PruningPlan.from_dict(data)
 
 
 def _accuracy(net, bundle) -> float | None:

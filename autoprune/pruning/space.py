@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,9 +197,35 @@ def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
 
     The generator is lazy: pruning one group before asking for the next keeps concat/split offsets valid.
     """
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    name = type(model).__name__
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure while tracing is the model's, reported as such
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        raise UserError(
+            f"Torch-Pruning cannot build the dependency graph of {name}: tracing it on an input of shape "
+            f"{tuple(example_inputs.shape)} fails in {frame.name}() ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no message'}); check --input-shape, or make the "
+            "forward run on that input"
+        ) from err
+    _check_traced(model, graph, name)
     groups = graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=PRUNABLE_TYPES)
     return graph, groups
+
+
+def _check_traced(model: nn.Module, graph, name: str) -> None:
+    """Torch-Pruning follows autograd back from the output: an output without a gradient path (argmax,
+    ``.detach()``, a NumPy hop at the end) gives an empty graph, and every plan would silently do nothing."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    traced = [m for m in graph.module2node if isinstance(m, PRUNABLE_TYPES)]
+    if layers and not traced:
+        raise UserError(
+            f"Torch-Pruning cannot build the dependency graph of {name}: none of its {len(layers)} conv/linear "
+            f"layers (first {layers[0]!r}) is reachable by autograd from the output; the forward ends in a "
+            "non-differentiable op (argmax, .detach(), .item(), a NumPy round trip) - return the logits"
+        )
 
 
 def conv_interleave(group) -> int:

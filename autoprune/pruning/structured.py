@@ -45,6 +45,7 @@ def apply_plan(
         attention = {m.qkv: m for m in model.modules() if isinstance(m, HeadAttention)}
         model.eval()
         graph, lazy_groups = dependency_groups(model, example_inputs)
+        unwrapped = _unwrapped_names(graph)  # before pruning: it replaces the parameter objects
         for group in lazy_groups:
             outs, _ = group_layers(graph, group, names)
             if not outs:
@@ -63,9 +64,48 @@ def apply_plan(
                     f"Torch-Pruning cannot prune group {outs[0]!r} of {type(model).__name__} "
                     f"({err.__class__.__name__}: {err}); keep that group whole (keep ratio 1.0)"
                 ) from err
-    _sync_widths(model)
+        _sync_widths(model)
+        _check_runs(model, example_inputs, unwrapped)
     model.zero_grad(set_to_none=True)
     return model
+
+
+def _check_runs(model: nn.Module, example_inputs: torch.Tensor, unwrapped: list[str]) -> None:
+    """Run the pruned model once; if it fails, say which layer and why the graph missed it, not a raw
+    shape error. The usual cause: parameters used outside a module (``F.conv2d(x, self.w)``), whose role
+    Torch-Pruning can only guess, or control flow the example input did not take while tracing."""
+    entered: list[str] = []
+    done: list[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: entered.append(n)))
+            hooks.append(module.register_forward_hook(lambda m, a, o, n=name: done.append(n)))
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    except (RuntimeError, ValueError, IndexError) as err:
+        failing = entered[-1] if entered and (not done or entered[-1] != done[-1]) else None
+        where = f"in layer {failing!r}" if failing else (
+            f"after layer {done[-1]!r}" if done else "before its first layer")
+        why = (f"it uses parameters outside a module ({', '.join(unwrapped)}), whose pruned dimension "
+               "Torch-Pruning can only guess" if unwrapped else
+               "its dependency graph missed an op or a branch the example input did not take")
+        raise UserError(
+            f"Torch-Pruning cannot prune {type(model).__name__} consistently: the pruned model fails {where} "
+            f"({(str(err).splitlines() or [type(err).__name__])[0]}); {why}. Keep the groups feeding it whole (keep ratio 1.0) or wrap "
+            "those parameters in nn.Conv2d/nn.Linear modules"
+        ) from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _unwrapped_names(graph) -> list[str]:
+    """Names of the parameters the graph found outside any module it knows (whose layout it guesses)."""
+    table = getattr(graph, "_param_to_name", {})
+    found = [table.get(u.parameters) for u in getattr(graph, "unwrapped_parameters", None) or []]
+    return sorted(n for n in found if n)
 
 
 def _sync_widths(model: nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -107,3 +108,25 @@ def test_regularized_schedules_reach_the_plan(loader, schedule):
     result = run_schedule(model, plan, schedule, torch.zeros(SHAPE), loader, steps=6, reg_strength=0.1)
     assert model.layer1[0].conv1.out_channels == 32
     assert result.sparsity.layer("layer2.0.conv1").zeros == 128 * 64 * 9 // 2
+
+
+def test_prune_command_runs_lottery_and_slimming(tmp_path, capsys):
+    from autoprune.cli import main
+
+    common = ["--model", "resnet18", "--data", "digits", "--input-shape", "1x3x16x16", "--finetune-steps", "4",
+              "--json"]
+    assert main(["prune", *common, "--sparsity", "0.7", "--schedule", "lottery", "--rounds", "2",
+                 "--out", str(tmp_path / "lt")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    layers = metrics["achieved_sparsity"]["layers"]
+    total = sum(v["weights"] for k, v in layers.items() if k != "fc")
+    assert sum(v["zeros"] for k, v in layers.items() if k != "fc") == round(0.7 * total)
+    assert metrics["plan"]["global_sparsity"] == 0.7 and metrics["schedule"] == "lottery"
+    assert main(["prune", *common, "--ratio", "0.5", "--schedule", "slimming", "--reg-strength", "0.1",
+                 "--out", str(tmp_path / "sl")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["plan"]["importance"] == "bn_scale"  # the criterion the cut actually used
+    assert 0.2 < metrics["params"] / sum(p.numel() for p in create_model("resnet18", 10).parameters()) < 0.3
+    assert main(["prune", *common, "--ratio", "0.5", "--schedule", "group-lasso", "--importance", "l1",
+                 "--out", str(tmp_path / "gl")]) == 2
+    assert "cuts by l2" in capsys.readouterr().err
