@@ -1,17 +1,25 @@
 """``rl``: a resource-constrained pruning agent in the style of AMC (He et al., 2018).
 
 The agent walks the searched groups in network order. At each step it observes an embedding of the group
-(position, channels, kernel, stride, share of the FLOPs, latency budget used so far, latency the rest needs
-at minimum, its previous action, the budget) and emits a keep ratio. Actions are *bounded*: the ratio is
-squashed into ``[min_keep, upper]`` where ``upper`` is the largest grid ratio for which the plan still meets
-the latency (and parameter) budget with every later group at its ``min_keep``, so every plan it proposes
-meets the budget. With no ``--max-latency-ms`` a budget is drawn per episode between the fastest and the dense
-latency and given to the agent, so one budget-conditioned policy covers the whole front.
+(position, channels, kernel, stride, its share of the FLOPs, the share of the FLOPs still to come, latency
+budget used so far, its previous action, the budget, the room left for this group) and emits a keep ratio.
+Actions are *bounded*: the ratio is squashed into ``[min_keep, upper]`` where ``upper`` is the largest grid
+ratio for which the plan still meets the latency (and parameter) budget with every later group at its
+``min_keep``, so every plan it proposes meets the budget. With no ``--max-latency-ms`` a budget is drawn per
+episode between the fastest and the dense latency and given to the agent, so one budget-conditioned policy
+covers the whole front.
 
-The policy is a small torch MLP with a Gaussian head, trained with clipped policy-gradient (PPO-style) steps on the evaluator's reward (the
-candidate's accuracy, minus a penalty when it misses ``--min-accuracy`` or ``--max-params``) against a
-budget-dependent baseline. Its actions are stored on the trial (``rl_actions``, ``rl_budget_ms``), so the
-policy is rebuilt on resume by replaying the recorded episodes.
+Exploration follows AMC: the first ``warmup`` episodes act uniformly at random within the bounds; after that
+the policy's mean action is perturbed by truncated-normal noise whose scale decays exponentially from
+``sigma_start`` to ``sigma_end`` over the trial budget, so the last episodes exploit what was learned.
+
+The policy is a small torch MLP (the mean of a Gaussian in logit space), trained with clipped policy-gradient
+(PPO-style) steps on the evaluator's reward (the candidate's accuracy, minus a penalty when it misses
+``--min-accuracy`` or ``--max-params``) against a budget-dependent baseline (the moving expectation of the
+reward). Each update learns from the recent episodes plus the ``elite`` best ones seen so far (elite replay),
+so the policy keeps being pulled toward the best plans. Its actions and noise scale are stored on the trial
+(``rl_actions``, ``rl_budget_ms``, ``rl_sigma``), so the policy is rebuilt on resume by replaying the
+recorded episodes.
 """
 
 from __future__ import annotations
@@ -28,19 +36,23 @@ from autoprune.search.strategies import (
     Strategy, extreme_plan, grid_steps, grid_value, register_strategy, searched_groups, snap_down,
 )
 
-STATE_DIM = 9
+STATE_DIM = 10
 INFEASIBLE_PENALTY = 0.1
+MEAN_BOUND = 4.0
+WARMUP_SIGMA = 0.0  # recorded as ``rl_sigma`` of a warm-up episode (uniform actions, not policy samples)
 
 
 class _Policy(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(STATE_DIM, 32), nn.Tanh(), nn.Linear(32, 1))
-        self.log_std = nn.Parameter(torch.tensor(math.log(0.8)))
 
-    def dist(self, states: torch.Tensor) -> torch.distributions.Normal:
-        mean = self.net(states).squeeze(-1)
-        return torch.distributions.Normal(mean, self.log_std.clamp(-3.0, 0.5).exp())
+    def mean(self, states: torch.Tensor) -> torch.Tensor:
+        # bounded: beyond |u| = 4 the squashed action barely moves, and an unbounded mean can run off there
+        return MEAN_BOUND * torch.tanh(self.net(states).squeeze(-1) / MEAN_BOUND)
+
+    def log_prob(self, states: torch.Tensor, actions: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.distributions.Normal(self.mean(states), sigma).log_prob(actions)
 
 
 @register_strategy
@@ -50,19 +62,28 @@ class RLStrategy(Strategy):
     name = "rl"
     batch = 2  # new episodes per policy update
     replay = 16  # recent episodes each update learns from
+    elite = 4  # best episodes so far, replayed in every update
     epochs = 16  # gradient steps per update
     clip = 0.2
+    target_kl = 0.05  # an update stops early once the policy moved this far (mean KL per episode)
     lr = 0.01
-    greedy_every = 0  # if > 0, every n-th episode exploits the policy (mean actions, no noise)
+    imitation = 1.0  # weight of the self-imitation loss on the elite episodes
+    warmup = 8  # uniform-random episodes before the policy acts (capped at a quarter of the trial budget)
+    sigma_start = 1.0  # exploration noise (logit space) after warm-up ...
+    sigma_end = 0.1  # ... decaying exponentially to this at the last episode
+    sigma_for_warmup = 1.5  # the scale used to score warm-up actions in the policy-gradient steps
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         torch.manual_seed(self.seed)
         self.policy = _Policy()
+        # two optimizers: the two losses differ in scale by orders of magnitude (the policy-gradient one grows as
+        # the noise shrinks), and a shared Adam state turns a sudden large gradient into a wild step
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
+        self.imitation_optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
         self.groups = searched_groups(self.space)
         self._consumed: set[int] = set()
-        self._pending: list[tuple] = []  # (states, actions, budget_ms, reward, log-prob when sampled)
+        self._pending: list[tuple] = []  # (states, actions, budget_ms, reward, sigma)
         self._buffer: list[tuple] = []
         self._history: list[tuple[float, float]] = []  # (budget fraction, reward)
         self._features = self._group_features()
@@ -87,12 +108,14 @@ class RLStrategy(Strategy):
         total = sum(flops.values()) or 1.0
         widest = max((g.channels for g in self.groups), default=1)
         n = max(1, len(self.groups))
+        shares = [flops[g.name] / total for g in self.groups]
         rows = []
         for t, g in enumerate(self.groups):
             layer = first.get(g.name)
             kernel = getattr(layer, "kernel", 1)
             stride = getattr(layer, "stride", 1)
-            rows.append([t / n, math.log(g.channels + 1) / math.log(widest + 1), kernel / 7, stride / 2, flops[g.name] / total])
+            rows.append([t / n, math.log(g.channels + 1) / math.log(widest + 1), kernel / 7, stride / 2, shares[t],
+                         sum(shares[t + 1 :])])
         return rows
 
     def _fits(self, ratios: dict[str, float], budget_ms: float) -> bool:
@@ -117,9 +140,10 @@ class RLStrategy(Strategy):
         return grid_value(group, lo)
 
     def walk(self, budget_ms: float, actions: list[float] | None = None, generator: torch.Generator | None = None,
-             greedy: bool = False):
-        """One episode: returns (states, raw actions, ratios). Replays ``actions`` when given; ``greedy`` takes
-        the policy's mean action at every step (no exploration noise)."""
+             sigma: float = 0.0):
+        """One episode: returns (states, raw actions, ratios). Replays ``actions`` when given; otherwise acts
+        with the policy's mean plus truncated-normal noise of scale ``sigma`` (``WARMUP_SIGMA``: uniformly at
+        random within the bounds)."""
         ratios = {g.name: g.min_keep for g in self.groups}
         states, raw = [], []
         prev = 1.0
@@ -128,13 +152,16 @@ class RLStrategy(Strategy):
             used = self._latency(self._plan(ratios)) / budget_ms
             state = self._features[t] + [used, prev, budget_ms / max(self.dense_ms, 1e-12), (upper - group.min_keep)]
             states.append(state)
-            if actions is None:
-                with torch.no_grad():
-                    dist = self.policy.dist(torch.tensor([state], dtype=torch.float32))
-                    noise = 0.0 if greedy else float(torch.randn((), generator=generator))
-                    u = float(dist.mean[0] + dist.stddev[0] * noise)
-            else:
+            if actions is not None:
                 u = float(actions[t])
+            elif sigma == WARMUP_SIGMA:
+                p = float(torch.rand((), generator=generator)) * 0.98 + 0.01
+                u = math.log(p / (1 - p))
+            else:
+                with torch.no_grad():
+                    mean = float(self.policy.mean(torch.tensor([state], dtype=torch.float32))[0])
+                noise = float(torch.randn((), generator=generator)) if generator is not None else 0.0
+                u = mean + sigma * max(-2.0, min(2.0, noise))  # truncated at two standard deviations
             raw.append(u)
             a = 1.0 / (1.0 + math.exp(-u))
             ratios[group.name] = snap_down(group, group.min_keep + a * (upper - group.min_keep))
@@ -147,14 +174,25 @@ class RLStrategy(Strategy):
         u = float(torch.rand((), generator=generator))
         return self.fastest_ms + u * (self.dense_ms - self.fastest_ms)
 
+    def sigma(self, episode: int) -> float:
+        """Exploration scale of the ``episode``-th episode (0-based) of this study's RL episodes."""
+        warmup = min(self.warmup, self.trials // 4)
+        if episode < warmup:
+            return WARMUP_SIGMA
+        span = max(1, self.trials - warmup - 1)
+        progress = min(1.0, (episode - warmup) / span)
+        return self.sigma_start * (self.sigma_end / self.sigma_start) ** progress
+
     # --- ask ---------------------------------------------------------------------------------------------------
     def before_ask(self, study: optuna.Study) -> None:
         self.learn(study)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + len(study.trials))
         budget = self._budget(generator)
-        greedy = self.greedy_every > 0 and len(study.trials) % self.greedy_every == self.greedy_every - 1
-        _, raw, ratios = self.walk(budget, generator=generator, greedy=greedy)
-        self._enqueue(study, ratios, {"rl_actions": [round(u, 6) for u in raw], "rl_budget_ms": budget})
+        episode = sum(1 for t in study.get_trials(deepcopy=False) if "rl_actions" in t.user_attrs)
+        sigma = self.sigma(episode)
+        _, raw, ratios = self.walk(budget, generator=generator, sigma=sigma)
+        self._enqueue(study, ratios, {"rl_actions": [round(u, 6) for u in raw], "rl_budget_ms": budget,
+                                      "rl_sigma": sigma})
 
     # --- tell: learn from every finished episode not seen yet (on resume: all of them, in order) ---------
     def reward(self, trial: optuna.trial.FrozenTrial) -> float:
@@ -170,23 +208,24 @@ class RLStrategy(Strategy):
             self._consumed.add(trial.number)
             if trial.state != TrialState.COMPLETE or len(trial.user_attrs["rl_actions"]) != len(self.groups):
                 continue
-            self.observe(list(trial.user_attrs["rl_actions"]), float(trial.user_attrs["rl_budget_ms"]), self.reward(trial))
+            sigma = float(trial.user_attrs.get("rl_sigma", self.sigma_start))
+            self.observe(list(trial.user_attrs["rl_actions"]), float(trial.user_attrs["rl_budget_ms"]),
+                         self.reward(trial), sigma)
             if len(self._pending) >= self.batch:
                 self._update()
                 updates += 1
         return updates
 
-    def observe(self, actions: list[float], budget_ms: float, reward: float) -> None:
+    def observe(self, actions: list[float], budget_ms: float, reward: float, sigma: float = 1.0) -> None:
         states, _, _ = self.walk(budget_ms, actions)  # deterministic given the actions: rebuilt, not stored
-        with torch.no_grad():
-            old = self.policy.dist(torch.tensor(states, dtype=torch.float32)).log_prob(torch.tensor(actions)).sum()
-        self._pending.append((states, actions, budget_ms, reward, float(old)))
+        self._pending.append((states, actions, budget_ms, reward, sigma))
 
     def _baseline(self, fractions: torch.Tensor) -> torch.Tensor:
-        """Expected reward at a budget: least squares on [1, b, b²] over recent episodes (mean when few)."""
+        """Expected reward at a budget: least squares on [1, b, b²] over recent episodes (mean when few, or
+        when every episode had the same budget)."""
         hist = self._history[-64:]
-        if len(hist) < 8:
-            mean = sum(r for _, r in hist) / len(hist) if hist else 0.0
+        mean = sum(r for _, r in hist) / len(hist) if hist else 0.0
+        if len(hist) < 8 or max(f for f, _ in hist) - min(f for f, _ in hist) < 1e-9:
             return torch.full_like(fractions, mean)
         x = torch.tensor([[1.0, f, f * f] for f, _ in hist], dtype=torch.float64)
         y = torch.tensor([[r] for _, r in hist], dtype=torch.float64)
@@ -194,13 +233,23 @@ class RLStrategy(Strategy):
         feats = torch.stack([torch.ones_like(fractions), fractions, fractions * fractions], 1).double()
         return (feats @ coef).float()
 
+    def _episodes(self) -> list[tuple]:
+        """The recent episodes plus the elite ones (highest reward above the budget baseline) seen so far."""
+        recent = self._buffer[-self.replay :]
+        older = self._buffer[: -self.replay] if len(self._buffer) > self.replay else []
+        if not older or self.elite <= 0:
+            return recent
+        gains = self._baseline(torch.tensor([b / max(self.dense_ms, 1e-12) for _, _, b, _, _ in older]))
+        ranked = sorted(range(len(older)), key=lambda i: older[i][3] - float(gains[i]), reverse=True)
+        return recent + [older[i] for i in ranked[: self.elite]]
+
     def _update(self) -> None:
-        """PPO-style: a few clipped policy-gradient steps on the recent episodes (sample-efficient enough for
-        the tens-to-hundreds of episodes a pruning search affords)."""
+        """PPO-style: a few clipped policy-gradient steps on the recent and elite episodes (sample-efficient
+        enough for the tens-to-hundreds of episodes a pruning search affords)."""
         self._buffer.extend(self._pending)
         self._history.extend((b / max(self.dense_ms, 1e-12), r) for _, _, b, r, _ in self._pending)
         self._pending = []
-        episodes = self._buffer[-self.replay :]
+        episodes = self._episodes()
         fractions = torch.tensor([b / max(self.dense_ms, 1e-12) for _, _, b, _, _ in episodes])
         rewards = torch.tensor([r for _, _, _, r, _ in episodes])
         advantages = rewards - self._baseline(fractions)
@@ -208,12 +257,42 @@ class RLStrategy(Strategy):
         steps = len(self.groups)
         states = torch.tensor([row for st, _, _, _, _ in episodes for row in st], dtype=torch.float32)
         actions = torch.tensor([u for _, a, _, _, _ in episodes for u in a], dtype=torch.float32)
-        old = torch.tensor([o for _, _, _, _, o in episodes])
+        sigma = torch.tensor([s if s != WARMUP_SIGMA else self.sigma_for_warmup
+                              for _, _, _, _, s in episodes for _ in range(steps)], dtype=torch.float32)
+        with torch.no_grad():  # the behaviour log-probabilities: the policy before this update
+            old = self.policy.log_prob(states, actions, sigma).view(len(episodes), steps).sum(1)
         for _ in range(self.epochs):
-            logp = self.policy.dist(states).log_prob(actions).view(len(episodes), steps).sum(1)
+            logp = self.policy.log_prob(states, actions, sigma).view(len(episodes), steps).sum(1)
+            if float((old - logp).detach().mean()) > self.target_kl:
+                break
             ratio = (logp - old).clamp(-20, 20).exp()
             surrogate = torch.min(ratio * advantages, ratio.clamp(1 - self.clip, 1 + self.clip) * advantages)
             loss = -surrogate.mean()
             self.optimizer.zero_grad()
             loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
             self.optimizer.step()
+        self._imitate_elite()
+
+    def _imitate_elite(self) -> None:
+        """Self-imitation (Oh et al., 2018): pull the policy's mean toward the actions of the best episodes so far
+        whose reward beat the baseline, weighted by how much; with decaying noise the agent then explores
+        around them."""
+        if self.elite <= 0 or len(self._buffer) < 2:
+            return
+        gains = torch.tensor([r for _, _, _, r, _ in self._buffer]) - self._baseline(
+            torch.tensor([b / max(self.dense_ms, 1e-12) for _, _, b, _, _ in self._buffer]))
+        ranked = [i for i in sorted(range(len(self._buffer)), key=lambda i: float(gains[i]), reverse=True)
+                  if float(gains[i]) > 0][: self.elite]
+        if not ranked:
+            return
+        weights = torch.tensor([float(gains[i]) for i in ranked])
+        weights = (weights / weights.sum()).repeat_interleave(len(self.groups))
+        states = torch.tensor([row for i in ranked for row in self._buffer[i][0]], dtype=torch.float32)
+        actions = torch.tensor([u for i in ranked for u in self._buffer[i][1]], dtype=torch.float32)
+        actions = actions.clamp(-MEAN_BOUND, MEAN_BOUND)
+        for _ in range(self.epochs):
+            loss = (weights * (self.policy.mean(states) - actions) ** 2).sum() * self.imitation
+            self.imitation_optimizer.zero_grad()
+            loss.backward()
+            self.imitation_optimizer.step()
