@@ -95,3 +95,26 @@ def write(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     md.write_text(head + markdown.strip() + "\n")
     print(f"wrote {js} and {md}")
     return js, md
+
+
+def setup(model: str = "resnet18", data_spec: str = "mnist5k", target: str = "cpu", seed: int = 0,
+          baseline_epochs: int = 5, input_shape=(1, 3, 32, 32)):
+    """What `autoprune search` builds before its first trial (same baseline spec, so the cached baseline is reused):
+    returns (baseline model, data, space, cost model, profile, dense accuracy, dense predicted latency ms)."""
+    from autoprune.baseline import BaselineSpec, get_baseline
+    from autoprune.data import load_data
+    from autoprune.hardware import load_profile
+    from autoprune.hardware.cost_model import CostModel
+    from autoprune.plan import PruningPlan
+    from autoprune.pruning.space import generate_space
+    from autoprune.training import TrainRecipe, evaluate
+
+    profile = load_profile(target)
+    data = load_data(data_spec, tuple(input_shape[2:]), seed)
+    spec = BaselineSpec(model, data_spec, tuple(input_shape), data.num_classes, seed, TrainRecipe(epochs=baseline_epochs), None)
+    baseline = get_baseline(spec, data)
+    space = generate_space(baseline.model, model, tuple(input_shape), alignment=profile.alignment)
+    cost_model = CostModel(profile)
+    dense_ms = cost_model.predict(space, PruningPlan(alignment=space.alignment)).latency_ms
+    dense_acc = evaluate(baseline.model, data.loader("val", 256, seed, shuffle=False), data.num_classes).accuracy
+    return baseline.model, data, space, cost_model, profile, dense_acc, dense_ms

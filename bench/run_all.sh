@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every benchmark in the order of cost (cheap first); each writes bench/results/NAME.json and NAME.md.
+# Not part of the pytest run. About 1.5-2 hours on 2 shared cores with these budgets; pass smaller budgets to the
+# scripts for a quicker look (see bench/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+$PY bench/cost_model.py --samples 50
+$PY bench/eval_cost.py --plans 20 --finetune-steps 30
+$PY bench/search_quality.py --trials 16 --seeds 0 1 --finetune-steps 30
+$PY bench/ray_scaling.py --trials 8 --workers 1 2
+$PY bench/headline.py --strategy tpe --trials 12 --epochs 3
