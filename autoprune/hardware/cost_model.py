@@ -146,7 +146,7 @@ class CostModel:
         family = self._families.get(sig.family)
         if family is None:
             if sig.dtype == "int8" and not self.has_int8:
-                raise self._no_int8(model, input_shape)
+                raise self.no_int8_error(model, input_shape)
             raise self._missing(sig, model, input_shape)
         return family.lookup(sig.cin, sig.cout, self.profile.alignment)
 
@@ -157,7 +157,8 @@ class CostModel:
             return bool(self.profile.roofline and self.profile.roofline.int8_peak_gflops)
         return any(key.dtype == "int8" for key in self._families)
 
-    def _no_int8(self, model: str, input_shape) -> UserError:
+    def no_int8_error(self, model: str, input_shape) -> UserError:
+        """The error for an INT8 plan on a profile that cannot price INT8 (names the command that fixes it)."""
         shape = "x".join(map(str, input_shape)) if input_shape else "1x3xHxW"
         if self.profile.latency_model == "roofline":
             return UserError(f"target {self.profile.name!r} has no INT8 path (no INT8 peak in its roofline); search "

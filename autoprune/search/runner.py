@@ -203,6 +203,8 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
             "device; measure one with `autoprune profile measure` (see README)"
         )
         reporter.warn(warnings[-1])
+    if "int8" in config.precision and not CostModel(profile).has_int8:  # fail before training, not after
+        raise CostModel(profile).no_int8_error(config.model, config.input_shape)
     study = _open_study(config)  # fail fast on a bad storage URL or a study of another model, before training
     _check_identity(study, config, profile)
 
