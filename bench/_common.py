@@ -45,6 +45,8 @@ def environment() -> dict:
         "torch": torch.__version__,
         "optuna": optuna.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "autoprune_commit": git_commit(),
         "command": command_line(),
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),

@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+# one torch thread per process: on 2 cores shared with other users, the default (one per core) oversubscribes
+# them and a 30-step fine-tune went from 5 s to 170 s in our runs
+export OMP_NUM_THREADS=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 $PY bench/cost_model.py --samples 50
 $PY bench/eval_cost.py --plans 20 --finetune-steps 30
 $PY bench/search_quality.py --trials 16 --seeds 0 1 --finetune-steps 30
-$PY bench/ray_scaling.py --trials 8 --workers 1 2
+$PY bench/ray_scaling.py --trials 8 --finetune-steps 30 --workers 1 2
 $PY bench/headline.py --strategy tpe --trials 12 --epochs 3
