@@ -166,11 +166,13 @@ def sensitivity(
     from autoprune.pruning import generate_space
     from autoprune.pruning.importance import needs_calibration
     from autoprune.pruning.sensitivity import (
-        analyze_sensitivity, parse_ratios, select_groups, sensitivity_html, sensitivity_space,
+        analyze_sensitivity, parse_ratios, select_groups, sensitivity_html, sensitivity_space, space_yaml,
     )
+    from autoprune.pruning.importance import make_importance
     from autoprune.training import TrainRecipe
 
     grid = parse_ratios(ratios)
+    make_importance(importance)  # an unknown criterion fails now, not after training a baseline
     if not (0.0 <= max_drop < 1.0):
         raise UserError(f"--max-drop {max_drop} must lie in [0, 1) (absolute accuracy, 0.02 = two points)")
     if bn_batches < 0 or baseline_epochs < 1:
@@ -198,7 +200,7 @@ def sensitivity(
     err_console.print(f"wrote {folder / 'sensitivity.json'} and {folder / 'sensitivity.html'}")
     if space_out is not None:
         bounded = sensitivity_space(table, generate_space(baseline.model, model, shape), max_drop, not plain)
-        atomic_write_text(space_out, bounded.to_yaml())
+        atomic_write_text(space_out, space_yaml(bounded, table, max_drop, not plain))
         err_console.print(f"wrote a search space bounded at {max_drop:.3f} drop to {space_out}")
     if as_json:
         print_json(table.to_dict())

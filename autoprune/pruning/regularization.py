@@ -2,9 +2,9 @@
 
 - ``slimming`` (network slimming, Liu et al. 2017): L1 on the BatchNorm scales of the groups the plan prunes;
   the cut then ranks channels by BN scale (``bn_scale``).
-- ``group-lasso``: the sum over channels of the L2 norm of everything a channel owns in its coupled group
-  (output filters, BN scales, the input columns of the layers that read it); the cut ranks by the group's
-  L2 magnitude (``l2``), the same quantity.
+- ``group-lasso``: the sum over channels of the L2 norm of what a channel owns in its coupled group (BN
+  scales, the input columns of the layers that read it, and output filters when no BN normalizes them); the
+  cut ranks by the group's L2 magnitude (``l2``).
 
 Only groups the plan actually prunes (keep ratio < 1) are regularized: the rest of the network keeps its
 capacity. The penalty is added to the cross-entropy loss; ``strength`` is its weight (dimensionless, per
@@ -54,6 +54,9 @@ def channel_slices(model: nn.Module, plan: PruningPlan, example_inputs: torch.Te
         if not outs or outs[0] not in pruned:
             continue
         channels = len(group[0].idxs)
+        # a BN right after a layer makes that layer's rows scale-invariant: shrinking them changes nothing
+        # downstream, and the loss gradient grows as they shrink, so penalizing them only inflates them
+        normalized = any(isinstance(i.dep.target.module, BatchNorms) for i in group)
         slices = []
         for item in group:
             module, idxs = item.dep.target.module, item.idxs
@@ -62,10 +65,10 @@ def channel_slices(model: nn.Module, plan: PruningPlan, example_inputs: torch.Te
             out = graph.is_out_channel_pruning_fn(item.dep.handler)
             if isinstance(module, BatchNorms) and module.affine and out:
                 dim = 0
-            elif isinstance(module, PRUNABLE_TYPES) and getattr(module, "groups", 1) == 1:
-                dim = 0 if out else 1
-            elif isinstance(module, nn.Conv2d) and out:  # grouped/depthwise conv: its filters are rows too
-                dim = 0
+            elif isinstance(module, PRUNABLE_TYPES) and out and not normalized:
+                dim = 0  # grouped/depthwise convs included: their filters are rows too
+            elif isinstance(module, PRUNABLE_TYPES) and not out and getattr(module, "groups", 1) == 1:
+                dim = 1
             else:
                 continue
             slices.append(ChannelSlice(module, dim, torch.as_tensor(list(idxs), dtype=torch.long)))

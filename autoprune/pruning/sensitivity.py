@@ -201,6 +201,25 @@ def sensitivity_space(
     return replace(space, groups=groups)
 
 
+def space_yaml(space: SearchSpace, table: SensitivityTable, max_drop: float, recalibrated: bool = True) -> str:
+    """``space`` (from :func:`sensitivity_space`) as a reviewed-space YAML for ``search --space``.
+
+    The alignment is left out on purpose: a space file's alignment overrides the target profile's, and the
+    sensitivity run knows nothing about the target.
+    """
+    import yaml
+
+    data = space.to_dict()
+    data.pop("alignment", None)
+    header = (
+        f"# per-group min_keep from `autoprune sensitivity`: the smallest keep ratio whose accuracy drop "
+        f"({'with' if recalibrated else 'without'} BN recalibration)\n# stays within {max_drop:.4f} on "
+        f"{table.data or 'the validation split'} (dense {table.dense_accuracy:.4f}); groups not analysed keep "
+        "the generated range\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
 def sensitivity_html(table: SensitivityTable) -> str:
     """One self-contained HTML page (plotly.js inlined, works offline): accuracy drop vs keep ratio per group,
     without and with BatchNorm recalibration."""

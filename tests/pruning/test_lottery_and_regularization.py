@@ -22,8 +22,9 @@ SHAPE = (1, 3, 16, 16)
 GROUP = "layer1.0.conv1"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def loader():
+    """A fresh seeded loader per test: a shared one would hand each test other batches depending on order."""
     return load_data("digits", SHAPE[2:], 0).loader("train", 4, 0)
 
 
@@ -93,12 +94,20 @@ def test_regularization_shrinks_the_pruned_groups_and_the_cut_removes_them(loade
     assert set(slices) == {GROUP}  # only the group the plan prunes
     assert before.sum() < 0.8 * unregularized.sum()  # shrunk versus the same steps without the penalty
     assert unregularized.sum() > 0.9 * reference.sum()  # the plain run alone does not shrink it
-    kept = torch.sort(torch.argsort(before, descending=True, stable=True)[:32]).values
+    top = torch.sort(torch.argsort(before, descending=True, stable=True)[:32]).values
     gamma = shrunk.layer1[0].bn1.weight.detach().clone()
     apply_plan(shrunk, PruningPlan(keep_ratios={GROUP: 0.5}, importance={"slimming": "bn_scale"}.get(kind, "l2")),
                example)
     assert shrunk.layer1[0].conv1.out_channels == 32
-    assert torch.equal(shrunk.layer1[0].bn1.weight.detach(), gamma[kept])  # the shrunk half is what went
+    if kind == "slimming":
+        assert torch.equal(shrunk.layer1[0].bn1.weight.detach(), gamma[top])  # exactly the shrunk half went
+    else:
+        # l2 also reads conv1's rows, which the penalty leaves alone (BN makes them scale-invariant), so the
+        # cut mostly, not exactly, follows the penalized norm
+        kept = [int((gamma == v).nonzero()[0]) for v in shrunk.layer1[0].bn1.weight.detach()]
+        removed = [i for i in range(64) if i not in kept]
+        assert len(set(kept) & set(top.tolist())) >= 24
+        assert before[kept].mean() > 1.1 * before[removed].mean()
 
 
 @pytest.mark.parametrize("schedule", ["slimming", "group-lasso"])

@@ -1,4 +1,5 @@
-"""Sensitivity analysis on a tiny real run: a ResNet-18 trained two epochs on scikit-learn's digits."""
+"""Sensitivity analysis on a tiny real run: a ResNet-18 trained two epochs on scikit-learn's digits (8x8 images,
+so 16x16 inputs lose nothing and cost a quarter of 32x32)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from autoprune.pruning.sensitivity import (
 )
 from autoprune.training import TrainRecipe
 
-SHAPE = (1, 3, 32, 32)
+SHAPE = (1, 3, 16, 16)
 EPOCHS = 2
 DEAD = "layer4.1.conv1"  # made insensitive below: 3/4 of its channels contribute exactly nothing
 STEM = "conv1"  # the stem + layer1 residual channels: every block reads them
@@ -120,7 +121,7 @@ def test_sensitivity_command_writes_table_plot_and_space(baseline, tmp_path, cap
     out, space = tmp_path / "sens", tmp_path / "space.yaml"
     code = main([
         "sensitivity", "--model", "resnet18", "--data", "digits", "--baseline-epochs", str(EPOCHS),
-        "--ratios", "0.5,0.25", "--groups", "layer4.1.conv1,conv1", "--bn-batches", "2", "--out", str(out),
+        "--input-shape", "1x3x16x16", "--ratios", "0.5,0.25", "--groups", "layer4.1.conv1,conv1", "--bn-batches", "2", "--out", str(out),
         "--space-out", str(space), "--max-drop", "0.5", "--json",
     ])
     assert code == 0
@@ -129,7 +130,9 @@ def test_sensitivity_command_writes_table_plot_and_space(baseline, tmp_path, cap
     assert printed["dense_accuracy"] == pytest.approx(baseline.accuracy)  # the cached baseline, not a new one
     assert len(printed["points"]) == 4 and (out / "sensitivity.html").stat().st_size > 100_000
     table = SensitivityTable.from_dict(printed)
-    groups = {g["name"]: g for g in yaml.safe_load(space.read_text())["groups"]}
+    written = yaml.safe_load(space.read_text())
+    assert "alignment" not in written  # the target profile's alignment must win in `search --space`
+    groups = {g["name"]: g for g in written["groups"]}
     assert groups[STEM]["min_keep"] == table.min_keep(STEM, 0.5)
     assert groups["layer1.0.conv1"]["min_keep"] == 0.25  # the generated default, not analysed
 
@@ -138,10 +141,11 @@ def test_sensitivity_command_writes_table_plot_and_space(baseline, tmp_path, cap
     (["--groups", "layer9.conv1"], "unknown group 'layer9.conv1'"),
     (["--ratios", "0.5,2"], "--ratios"),
     (["--max-drop", "-0.1"], "--max-drop"),
+    (["--importance", "l3"], "unknown importance"),
 ])
 def test_sensitivity_command_bad_input_exits_2(argv, needle, tmp_path, capsys):
     code = main(["sensitivity", "--model", "resnet18", "--data", "digits", "--baseline-epochs", str(EPOCHS),
-                 "--out", str(tmp_path), *argv])
+                 "--input-shape", "1x3x16x16", "--out", str(tmp_path), *argv])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert needle in err[-1]
