@@ -105,18 +105,21 @@ def test_rl_policy_is_rebuilt_from_recorded_trials_on_resume():
 
 @pytest.mark.slow
 def test_rl_agent_learns_and_beats_random_search_at_equal_budget():
-    """Synthetic objective with hidden per-group sensitivities under a 35% latency budget. At 60 episodes the
-    agent's proposals must improve (last 20 vs first 20) and be better on average than random search's."""
+    """Synthetic objective with hidden per-group sensitivities under a 35% latency budget; random search draws its
+    plans within the same budget. At 80 episodes, for every seed, the agent's best plan must beat random search's
+    best plan, and its proposals must improve (last 20 vs first 20) and be better on average than random's."""
     problem = SyntheticProblem(groups=8, seed=0)
     dense = problem.latency_ms(problem.plan({}))
     limit = Constraints(max_latency_ms=0.35 * dense)
     rl_first, rl_last, random_mean = [], [], []
-    for seed in (0, 1):
-        rl, _ = _run("rl", 60, limit, seed=seed, problem=problem)
+    for seed in range(5):
+        rl, _ = _run("rl", 80, limit, seed=seed, problem=problem)
+        rnd, _ = _run("random", 80, limit, seed=seed, problem=problem)
         accs = [t.values[0] for t in rl.trials]
+        assert max(t.user_attrs["latency_ms"] for t in rl.trials + rnd.trials) <= 0.35 * dense + 1e-9
+        assert max(accs) > max(t.values[0] for t in rnd.trials), f"seed {seed}"
         rl_first.append(statistics.mean(accs[:20]))
         rl_last.append(statistics.mean(accs[-20:]))
-        rnd, _ = _run("random", 60, limit, seed=seed, problem=problem)
         random_mean.append(statistics.mean(t.values[0] for t in rnd.trials))
-    assert statistics.mean(rl_last) > statistics.mean(rl_first) + 0.02
-    assert statistics.mean(rl_last) > statistics.mean(random_mean) + 0.03
+    assert statistics.mean(rl_last) > statistics.mean(rl_first) + 0.05
+    assert statistics.mean(rl_last) > statistics.mean(random_mean) + 0.05
