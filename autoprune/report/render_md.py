@@ -43,11 +43,10 @@ def render_md(record: ReportRecord) -> str:
         "## All trials",
         "",
         md_table(
-            ["trial", "strategy", "precision", "accuracy", f"latency ms ({r.latency_provenance})", "speedup",
-             "Pareto-optimal"],
-            [[str(p.trial), p.strategy, p.precision, tables.pct(p.accuracy), tables.ms(p.latency_ms),
-              tables.times(p.speedup),
-              "yes" if p.pareto_optimal else ""] for p in sorted(r.trials, key=lambda p: p.trial)],
+            ["trial", "strategy", "accuracy", f"latency ms ({r.latency_provenance})", "speedup", "Pareto-optimal",
+             "precision"],
+            [[str(p.trial), p.strategy, tables.pct(p.accuracy), tables.ms(p.latency_ms), tables.times(p.speedup),
+              "yes" if p.pareto_optimal else "", p.precision] for p in sorted(r.trials, key=lambda p: p.trial)],
         ),
         "",
     ]

@@ -34,22 +34,21 @@ def number(value: float | None, digits: int = 1) -> str:
 def candidate_table(record: ReportRecord) -> tuple[list[str], list[list[str]]]:
     """Header and rows: the dense model, then each Pareto-optimal candidate, fastest first."""
     header = [
-        "trial", "strategy", "precision", "accuracy", "Δ vs dense (points)",
-        f"predicted latency ms ({record.latency_provenance})",
+        "trial", "strategy", "accuracy", "Δ vs dense (points)", f"predicted latency ms ({record.latency_provenance})",
         "host latency ms (measured)", "speedup (predicted)", "speedup (host)", "params", "MFLOPs", "size MB",
-        "sparsity", "flagged classes",
+        "sparsity", "flagged classes", "precision",
     ]
     d = record.dense
     rows = [[
-        "dense", "baseline", "fp32", pct(d.accuracy), "0.0", ms(d.latency_ms),
+        "dense", "baseline", pct(d.accuracy), "0.0", ms(d.latency_ms),
         _host(d.host_latency), "1.00×", "1.00×" if d.host_latency else "–", count(d.params), number(d.mflops),
-        number(d.size_mb, 2), "0.0%", "",
+        number(d.size_mb, 2), "0.0%", "", "fp32",
     ]]
     for c in record.pareto:
         rows.append([
-            str(c.trial), c.strategy, c.precision, pct(c.accuracy), pct(c.delta_accuracy, signed=True), ms(c.latency_ms),
+            str(c.trial), c.strategy, pct(c.accuracy), pct(c.delta_accuracy, signed=True), ms(c.latency_ms),
             _host(c.host_latency), times(c.speedup), times(c.host_speedup), count(c.params), number(c.mflops),
-            number(c.size_mb, 2), pct(c.sparsity), ", ".join(c.flagged_classes),
+            number(c.size_mb, 2), pct(c.sparsity), ", ".join(c.flagged_classes), c.precision,
         ])
     return header, rows
 
