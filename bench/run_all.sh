@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark in the order of cost (cheap first); each writes bench/results/NAME.json and NAME.md.
-# Not part of the pytest run. About 1.5-2 hours on 2 shared cores with these budgets; pass smaller budgets to the
+# Not part of the pytest run. About 35 minutes on 2 shared cores (load 5-10) with these budgets; pass smaller budgets to the
 # scripts for a quicker look (see bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
