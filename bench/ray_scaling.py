@@ -58,7 +58,6 @@ def main() -> None:
             rows.append({"workers": workers, "completed": len(done), "failed": result.failed,
                          "trial_span_seconds": round(span, 1), "run_seconds": round(wall, 1),
                          "trials_per_hour": round(len(done) / span * 3600, 1),
-                         "eval_pids": len({t.user_attrs.get("eval_pid") for t in done}),
                          "loadavg_before": load_before, "loadavg_after": _common.loadavg()})
             print(rows[-1], flush=True)
     base = rows[0]["trials_per_hour"]
