@@ -8,7 +8,8 @@ from autoprune.training import TrainRecipe
 SPEC = BaselineSpec("resnet18", "digits", (1, 3, 16, 16), 10, 0, TrainRecipe(epochs=2, batch_size=64))
 
 
-def test_baseline_is_trained_once_then_cached(monkeypatch):
+def test_baseline_is_trained_once_then_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOPRUNE_HOME", str(tmp_path))  # an empty cache: other tests may have trained SPEC
     data = load_data("digits", (16, 16), seed=0)
     epochs = []
     first = get_baseline(SPEC, data, on_epoch=lambda e, n, loss: epochs.append(e))

@@ -15,7 +15,6 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from autoprune.plan import PruningPlan
@@ -120,9 +119,15 @@ class SyntheticEvaluator:
     def evaluate(self, plan: PruningPlan, guidance=None) -> SyntheticResult:
         self.calls += 1
         started = time.perf_counter()
-        if self.die_once_marker and not Path(self.die_once_marker).exists():
-            Path(self.die_once_marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.die_once_marker:
+            try:  # O_EXCL: of two workers racing here, exactly one creates the marker and dies
+                fd = os.open(self.die_once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
         if self.sleep:
             time.sleep(self.sleep)
         if self.calls in self.fail_calls:

@@ -38,12 +38,29 @@ def _wait_for(predicate, timeout):
     return False
 
 
+def _freeze_mid_trial(proc, tmp_path, timeout=300):
+    """SIGSTOP the search at a moment when one trial has completed and another is running, so the signal
+    sent next lands mid-trial however fast trials are on this machine. Returns False on timeout."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            return False
+        if _wait_for(lambda: len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) >= 1
+                     and _study(tmp_path).get_trials(states=(TrialState.RUNNING,)), max(end - time.time(), 0)):
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                if _study(tmp_path).get_trials(states=(TrialState.RUNNING,)):
+                    return True  # frozen mid-trial
+            except Exception:  # noqa: BLE001 - the frozen process may hold the database lock; try again
+                pass
+            proc.send_signal(signal.SIGCONT)  # that trial ended before the stop landed
+    return False
+
+
 def test_sigkill_mid_trial_then_resume_keeps_completed_and_reruns_the_interrupted(tmp_path):
     proc = subprocess.Popen(_cli(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        ok = _wait_for(lambda: len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) >= 1
-                       and _study(tmp_path).get_trials(states=(TrialState.RUNNING,)), 300)
-        assert ok, "the first run never reached a running trial after a completed one"
+        assert _freeze_mid_trial(proc, tmp_path), "the first run never reached a running trial after a completed one"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -69,10 +86,9 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_reruns_the_interrupte
 def test_ctrl_c_records_the_running_trial_as_interrupted_and_prints_what_finished(tmp_path):
     proc = subprocess.Popen(_cli(tmp_path, 6), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        ok = _wait_for(lambda: len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) >= 1
-                       and _study(tmp_path).get_trials(states=(TrialState.RUNNING,)), 300)
-        assert ok
-        proc.send_signal(signal.SIGINT)
+        assert _freeze_mid_trial(proc, tmp_path)
+        proc.send_signal(signal.SIGINT)  # pending until the process runs again, mid-trial
+        proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
