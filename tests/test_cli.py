@@ -96,6 +96,7 @@ def test_study_with_other_model_is_refused(tiny_search, capsys):
          "does not exist"),
         (["--model", "resnet18", "--target", "jetson", "--storage", "notadb://x"], "cannot open study storage"),
         (["--model", "resnet18", "--target", "jetson", "--strategy", "tpee"], "did you mean 'tpe'"),
+        (["--model", "resnet18", "--target", "jetson", "--importance", "snipp"], "did you mean 'snip'"),
         (["--model", "resnet18"], "Missing option '--target'"),
     ],
 )

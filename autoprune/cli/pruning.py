@@ -149,7 +149,7 @@ def sensitivity(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint (runs code from the file)"),
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW"),
     ratios: str = typer.Option("0.9,0.75,0.5,0.25", "--ratios", help="comma-separated keep ratios in (0, 1) to try per group"),
-    importance: str = typer.Option("l1", "--importance", help="criterion that picks the channels removed"),
+    importance: str = typer.Option("l1", "--importance", help="criterion that picks the channels removed: l1|l2|bn_scale|fpgm|taylor|obd|snip|grasp|random"),
     groups: Optional[str] = typer.Option(None, "--groups", help="comma-separated groups to analyse (default: all)"),
     bn_batches: int = typer.Option(8, "--bn-batches", help="training batches for BatchNorm recalibration"),
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs of the baseline (matches `search` to reuse its cache)"),

@@ -20,13 +20,18 @@ class RichReporter:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        # A live bar only redraws on a terminal; in a log file (nohup, CI, a cluster job) one plain line per
+        # epoch and per trial is printed instead, so progress shows while the run goes on.
+        self.plain = not quiet and not err_console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False,
-            disable=quiet,
+            disable=quiet or self.plain,
         )
         self._task = None
         self._baseline_task = None
+        self._started = time.perf_counter()
+        self._first_done: int | None = None
 
     def __enter__(self) -> "RichReporter":
         self.progress.__enter__()
@@ -43,6 +48,10 @@ class RichReporter:
         self.progress.console.print(f"[yellow]warning:[/yellow] {text}")
 
     def baseline_epoch(self, epoch: int, epochs: int, loss: float) -> None:
+        if self.plain:
+            err_console.print(f"dense baseline epoch {epoch}/{epochs}: loss {loss:.3f} "
+                              f"({time.perf_counter() - self._started:.0f} s)", highlight=False)
+            return
         if self._baseline_task is None:
             self._baseline_task = self.progress.add_task("training dense baseline", total=epochs)
         self.progress.update(
@@ -62,16 +71,37 @@ class RichReporter:
                 f"trials · front {len(front)} · best acc {best.accuracy:.1%} @ {best.latency_ms:.3g} ms"
                 f" · fastest {fastest.latency_ms:.3g} ms @ {fastest.accuracy:.1%}"
             )
+        if self.plain:
+            front_text = f" · {text.removeprefix('trials · ')}" if best and fastest else ""
+            err_console.print(f"trial {done}/{total}{front_text}{self._eta(done, total)}", highlight=False,
+                              soft_wrap=True)
+            return
         self.progress.update(self._task, completed=done, description=text)
+
+    def _eta(self, done: int, total: int) -> str:
+        """Remaining time from the pace of the trials run in this process (resumed ones do not count)."""
+        now = time.perf_counter()
+        if self._first_done is None:
+            self._first_done, self._first_time = done, now
+            return ""
+        ran = done - self._first_done
+        if ran <= 0 or done >= total:
+            return ""
+        per_trial = (now - self._first_time) / ran
+        return f" · eta {per_trial * (total - done):.0f} s"
 
 
 def pareto_table(result: SearchResult) -> Table:
     base = result.baseline
     provenance = base.get("latency_provenance", "")
-    table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left")
-    for column in ("trial", "accuracy", f"latency ms ({provenance})", "speedup", "params", "MFLOPs", "precision",
-                   "strategy"):
-        table.add_column(column, justify="right" if column != "strategy" else "left")
+    # Provenance goes in the caption, not a header: eight columns must fit an 80-column terminal or pipe
+    # without rich truncating cells ("dense" became "de…").
+    table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left",
+                  caption=f"latency ms: {provenance}" + (f" — {base['latency_source']}" if base.get("latency_source") else ""),
+                  caption_justify="left")
+    for column in ("trial", "accuracy", "latency ms", "speedup", "params", "MFLOPs", "precision", "strategy"):
+        table.add_column(column, justify="right" if column != "strategy" else "left", overflow="fold",
+                         no_wrap=column in ("trial", "latency ms"))
     table.add_row(
         "dense", f"{base['accuracy']:.2%}", f"{base['latency_ms']:.4g}", "1.00×", f"{base['params']:,}",
         f"{base['mflops']:.1f}", "fp32", "baseline", style="dim",
@@ -95,7 +125,7 @@ def search(
     trials: int = typer.Option(24, "--trials", help="number of candidates to evaluate (completed trials of a resumed study count)."),
     finetune_steps: int = typer.Option(50, "--finetune-steps", help="SGD steps of fine-tuning per candidate before measuring accuracy."),
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs when training the dense baseline."),
-    importance: str = typer.Option("l1", "--importance", help="which channels go: l1 | l2 | bn_scale | fpgm | taylor | random."),
+    importance: str = typer.Option("l1", "--importance", help="which channels go: l1 | l2 | bn_scale | fpgm | taylor | obd | snip | grasp | random (taylor, obd, snip and grasp use a few gradient batches)."),
     study: Optional[str] = typer.Option(None, "--study", help="study name; an existing study is resumed. Default: MODEL-TARGET-DATA."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL. Default: sqlite:///OUT/study.db."),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the run's files. Default: autoprune-runs/STUDY."),

@@ -92,6 +92,10 @@ class SearchConfig:
             raise UserError(f"--baseline-epochs must be at least 1, got {self.baseline_epochs}")
         if self.strategy not in STRATEGIES:
             raise unknown_choice("strategy", self.strategy, STRATEGIES)
+        from autoprune.pruning.importance import IMPORTANCE_CRITERIA
+
+        if self.importance not in IMPORTANCE_CRITERIA:  # before any training, not at the first trial
+            raise unknown_choice("importance criterion", self.importance, IMPORTANCE_CRITERIA)
         if self.backend not in BACKENDS:
             raise unknown_choice("backend", self.backend, BACKENDS)
         if self.backend == "local" and (self.workers != 1 or self.ray_address):
