@@ -139,8 +139,7 @@ def torchscript_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def _file_entry(path: Path) -> dict:
-    data = path.read_bytes()
+def _file_entry(path: Path, data: bytes) -> dict:
     return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -154,12 +153,12 @@ def _val_images(data, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images)[:limit], torch.cat(labels)[:limit]
 
 
-def onnx_check(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> OnnxCheck:
+def onnx_check(model: nn.Module, onnx_model: bytes | Path, images: torch.Tensor) -> OnnxCheck:
     from autoprune.onnx_export import ort_predict, ort_session
 
     with torch.no_grad():
         expected = torch.cat([model(images[i:i + 1]) for i in range(len(images))]).numpy()
-    got = ort_predict(ort_session(onnx_path), images.numpy().astype(np.float32))
+    got = ort_predict(ort_session(onnx_model), images.numpy().astype(np.float32))
     agreement = float(np.mean(expected.argmax(1) == got.argmax(1))) if len(images) else math.nan
     return OnnxCheck(len(images), float(np.max(np.abs(expected - got))) if len(images) else math.nan, agreement)
 
@@ -201,7 +200,7 @@ def export_trial(
     """Rebuild, fine-tune and export trial ``trial`` of ``study`` into ``out_dir`` (see the module docstring)."""
     from autoprune.baseline import BaselineSpec, get_baseline
     from autoprune.data import load_data
-    from autoprune.onnx_export import export_onnx
+    from autoprune.onnx_export import onnx_bytes
     from autoprune.plan import PruningPlan
     from autoprune.pruning import model_stats, prune
     from autoprune.pruning.importance import needs_calibration
@@ -217,7 +216,6 @@ def export_trial(
     config = dict(info.get("config", {}))
     input_shape = tuple(int(d) for d in info["input_shape"])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     stage(f"loading data {info['data']}")
     data = load_data(str(info["data"]), input_shape[2:], spec.seed)
@@ -249,13 +247,15 @@ def export_trial(
     zero = sum(int((w == 0).sum()) for w in weights)
     numel = sum(w.numel() for w in weights)
 
-    stage("writing model.pt and model.onnx")
-    pt_path = out_dir / "model.pt"
-    atomic_write_bytes(pt_path, torchscript_bytes(model, input_shape))
-    onnx_path = export_onnx(model, input_shape, out_dir / "model.onnx")
+    # Every artifact is built in memory first and written only once all of them succeeded, so a failure
+    # (an op ONNX cannot export, a quantization error) leaves no half-exported folder behind.
+    stage("serializing TorchScript and ONNX")
+    pt_path, onnx_path = out_dir / "model.pt", out_dir / "model.onnx"
+    artifacts = {pt_path: torchscript_bytes(model, input_shape), onnx_path: onnx_bytes(model, input_shape)}
     images, _ = _val_images(data, SAMPLES_FOR_ONNX_CHECK)
-    check = onnx_check(model, onnx_path, images)
-    files = {"torchscript": _file_entry(pt_path), "onnx": _file_entry(onnx_path)}
+    check = onnx_check(model, artifacts[onnx_path], images)
+    files = {"torchscript": _file_entry(pt_path, artifacts[pt_path]),
+             "onnx": _file_entry(onnx_path, artifacts[onnx_path])}
     int8_path = None
     if plan.precision == "int8":
         from autoprune.quantize import quantize_and_evaluate
@@ -264,8 +264,8 @@ def export_trial(
         quantized = quantize_and_evaluate(model, input_shape, train, data.loader("val", 256, spec.seed, shuffle=False),
                                           data.num_classes)
         int8_path = out_dir / "model_int8.onnx"
-        atomic_write_bytes(int8_path, quantized.onnx)
-        files["onnx_int8"] = {**_file_entry(int8_path), "accuracy": quantized.eval.accuracy,
+        artifacts[int8_path] = quantized.onnx
+        files["onnx_int8"] = {**_file_entry(int8_path, quantized.onnx), "accuracy": quantized.eval.accuracy,
                               "calibration_samples": quantized.calibration_samples,
                               "quantization": "onnxruntime static QDQ, u8 activations (min/max), s8 per-channel weights"}
 
@@ -312,6 +312,10 @@ def export_trial(
         software={"torch": torch.__version__, "torchvision": torchvision.__version__,
                   "onnxruntime": onnxruntime.__version__},
     )
+    stage(f"writing {', '.join(p.name for p in artifacts)} and the model card")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, payload in artifacts.items():
+        atomic_write_bytes(path, payload)
     json_path, md_path = write_card(card, out_dir)
     written = {"torchscript": pt_path, "onnx": onnx_path, "card_json": json_path, "card_md": md_path}
     if int8_path is not None:

@@ -78,3 +78,40 @@ def test_cli_rejects_unknown_precision_and_int8_on_a_target_without_it(tmp_path,
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the "calibrated, not measured" warning
     assert code == 2 and last.startswith("error: ") and "no INT8 path" in last
     assert not (tmp_path / "b" / "study.db").exists()  # refused before any study or training
+
+
+def test_int8_trial_exports_quantized_onnx_and_a_failed_export_writes_nothing(mixed, tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    import autoprune.quantize
+    from autoprune.onnx_export import ort_session
+    from autoprune.report.export import ExportSettings, export_trial
+
+    _, result, study = mixed
+    trial = next(t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.user_attrs["precision"] == "int8")
+    settings = ExportSettings(finetune_epochs=0, measure=False, record_on_study=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer exploded")
+
+    with monkeypatch.context() as patch:  # a failure after TorchScript and ONNX were built: no file is written
+        patch.setattr(autoprune.quantize, "quantize_and_evaluate", broken)
+        with pytest.raises(RuntimeError, match="exploded"):
+            export_trial(study, trial.number, tmp_path / "broken", settings, storage=result.storage)
+    assert not (tmp_path / "broken").exists()
+
+    done = export_trial(study, trial.number, tmp_path / "int8", settings, storage=result.storage)
+    card = json.loads(done.files["card_json"].read_text())
+    assert card["plan"]["precision"] == "int8" and set(card["files"]) == {"torchscript", "onnx", "onnx_int8"}
+    int8 = done.files["onnx_int8"]
+    assert card["files"]["onnx_int8"]["bytes"] == int8.stat().st_size
+    assert 0.0 <= card["files"]["onnx_int8"]["accuracy"] <= 1.0
+    session = ort_session(int8)
+    kinds = {node.op_type for node in __import__("onnx").load(str(int8)).graph.node}
+    assert "QuantizeLinear" in kinds and "DequantizeLinear" in kinds  # really quantized (QDQ)
+    shape = tuple(session.get_inputs()[0].shape)
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})[0]
+    assert logits.shape == (1, 10) and np.isfinite(logits).all()
