@@ -9,7 +9,7 @@ simulation in PyTorch. Jetson targets would build a TensorRT INT8 engine from th
 (``trtexec --int8``, explicit quantization); no Jetson is reachable here, so their INT8 latencies come from the
 analytic roofline (INT8 peak, 32-channel tiles; see :mod:`autoprune.hardware.jetson`).
 
-Run ``python -m autoprune.quantize measure --profile FILE --model M --input-shape 1x3xHxW`` to add INT8 entries,
+Run ``autoprune profile measure --precision int8 --out FILE --model M --input-shape 1x3xHxW`` to add INT8 entries,
 an INT8 calibration and an INT8 validation to a measured onnxruntime profile (its FP32 part is left as it is).
 """
 
@@ -209,7 +209,7 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     predictor = CostModel(calibrated)
     checked = [PlanPoint(p, 0.0, predictor.predict(space, p).latency_ms, ms)
                for p, ms in zip(valid_plans, model_stats[len(calib_plans):])]
-    command = (f"python -m autoprune.quantize measure --profile {profile.path.strip(chr(39))} --model {space.model} "
+    command = (f"autoprune profile measure --precision int8 --out {profile.path.strip(chr(39))} --model {space.model} "
                f"--input-shape {'x'.join(map(str, space.input_shape))}")
     validation = score(checked, command, f"INT8 random plans (seed 1000) timed in the same passes as the INT8 table "
                                          f"and calibration; measured = median of {repeats} runs in {rounds} passes")

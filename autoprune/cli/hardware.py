@@ -170,8 +170,17 @@ def profile_measure(
     calibration_points: int = typer.Option(30, "--calibration-points", help="whole-model measurements for the per-model calibration (0: none)."),
     num_classes: int = typer.Option(10, "--num-classes"),
     pin_cpu: int = typer.Option(None, "--pin-cpu", help="pin the measuring process to this CPU."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | int8. int8 adds INT8 (static QDQ) entries, "
+                                  "calibration and validation to the onnxruntime profile already at --out."),
 ) -> None:
     """Measure every layer signature the search space can produce on this machine, then calibrate."""
+    if precision not in ("fp32", "int8"):
+        from autoprune.errors import unknown_choice
+
+        raise unknown_choice("precision", precision, ("fp32", "int8"), "profile measure measures fp32 or int8")
+    if precision == "int8":
+        _measure_int8(model, out, input_shape, num_classes, max_points, calibration_points, repeats)
+        return
     from autoprune.hardware import save_profile
     from autoprune.hardware.measure import Timing
     from autoprune.hardware.profile import read_profile
@@ -205,6 +214,26 @@ def profile_measure(
     save_profile(profile, out)
     err_console.print(f"wrote {out}: {len(profile.entries)} entries, alignment {align}, "
                       f"call overhead {overhead:.4f} ms")
+
+
+def _measure_int8(model: str, out: Path, input_shape: str, num_classes: int, max_points: int,
+                  calibration_points: int, repeats: int) -> None:
+    from autoprune.errors import UserError
+    from autoprune.hardware import save_profile
+    from autoprune.hardware.profile import read_profile
+    from autoprune.quantize import measure_int8
+
+    if not out.is_file():
+        raise UserError(f"--precision int8 adds INT8 entries to an existing onnxruntime profile, and {out} does not "
+                        f"exist; measure the FP32 table first: autoprune profile measure --model {model} --out {out}")
+    profile = read_profile(out)
+    space = _space(model, input_shape, profile.alignment, None, num_classes)
+    with _progress("measuring INT8 layer micro-models, calibration and validation plans") as progress:
+        updated, validation = measure_int8(profile, space, min(max_points, 7), max(calibration_points, 2),
+                                           repeats=repeats, progress=progress)
+    save_profile(updated, out)
+    count = sum(e.signature.dtype == "int8" for e in updated.entries)
+    err_console.print(f"wrote {out}: {count} INT8 entries; {validation.summary()}")
 
 
 @profile_app.command("export")

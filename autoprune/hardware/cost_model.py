@@ -165,7 +165,7 @@ class CostModel:
                              "it with --precision fp32, or pick a target with INT8 tensor cores (e.g. orin)")
         return UserError(
             f"target {self.profile.name!r} has no INT8 latency entries; measure them on this machine with "
-            f"`python -m autoprune.quantize measure --profile {self.profile.path.strip(chr(39)) or 'PROFILE.yaml'} "
+            f"`autoprune profile measure --precision int8 --out {self.profile.path.strip(chr(39)) or 'PROFILE.yaml'} "
             f"--model {model or 'M'} --input-shape {shape}`, or search with --precision fp32"
         )
 

@@ -53,6 +53,10 @@ def test_latency_of_a_plan_file_is_lower(capsys, tmp_path, resnet_space):
          "can only validate onnxruntime"),
         (("profile", "run", "/nonexistent-bundle"), "has no manifest.json"),
         (("latency", "--model", "resnet18", "--input-shape", "1x3x32"), "--input-shape '1x3x32' is malformed"),
+        (("profile", "measure", "--model", "resnet18", "--out", "/nonexistent/p.yaml", "--precision", "int8"),
+         "measure the FP32 table first"),
+        (("profile", "measure", "--model", "resnet18", "--out", "/nonexistent/p.yaml", "--precision", "fp16"),
+         "unknown precision"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
@@ -83,3 +87,24 @@ def test_export_run_without_torch_then_import(capsys, tmp_path):
     assert profile.calibration["resnet18@1x3x32x32"].points == 2
     code, out_json, _ = _run(capsys, "latency", "--model", "resnet18", "--target", str(out), "--json")
     assert code == 0 and json.loads(out_json)["calibrated"] is True
+
+
+def test_measure_fp32_then_int8_on_this_host(capsys, tmp_path):
+    """A real (tiny) host profile: the FP32 table, then `--precision int8` adds measured INT8 entries to it."""
+    out = tmp_path / "host.yaml"
+    common = ("--model", "resnet18", "--out", str(out), "--input-shape", "1x3x16x16", "--max-points", "2",
+              "--calibration-points", "3", "--repeats", "5")
+    code, _, err = _run(capsys, "profile", "measure", *common, "--warmup", "1")
+    assert code == 0, err
+    fp32 = load_profile(out)
+    assert fp32.provenance == "measured" and all(e.signature.dtype == "fp32" for e in fp32.entries)
+    code, _, err = _run(capsys, "profile", "measure", *common, "--precision", "int8")
+    assert code == 0, err
+    both = load_profile(out)
+    int8 = [e for e in both.entries if e.signature.dtype == "int8"]
+    assert int8 and all(e.mean_ms >= 0 and e.n > 0 for e in int8)
+    assert len(both.entries) == len(fp32.entries) + len(int8)  # the FP32 table is kept
+    assert "resnet18@1x3x16x16:int8" in both.calibration and "resnet18@1x3x16x16:int8" in both.validation
+    code, out_json, _ = _run(capsys, "latency", "--model", "resnet18", "--target", str(out), "--input-shape",
+                             "1x3x16x16", "--json")
+    assert code == 0 and json.loads(out_json)["latency_ms"] > 0

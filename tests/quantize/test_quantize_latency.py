@@ -46,7 +46,7 @@ def test_profile_without_int8_entries_names_the_measure_command(space):
     model = CostModel(fp32_only)
     assert not model.has_int8
     assert model.predict(space, PruningPlan(alignment=16)).latency_ms > 0
-    with pytest.raises(UserError, match=r"no INT8 latency entries.*python -m autoprune.quantize measure"):
+    with pytest.raises(UserError, match=r"no INT8 latency entries.*autoprune profile measure --precision int8"):
         model.predict(space, PruningPlan(alignment=16, precision="int8"))
 
 
