@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -91,26 +92,35 @@ class RichReporter:
         return f" · eta {per_trial * (total - done):.0f} s"
 
 
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f} M"
+
+
 def pareto_table(result: SearchResult) -> Table:
     base = result.baseline
     provenance = base.get("latency_provenance", "")
-    # Provenance goes in the caption, not a header: eight columns must fit an 80-column terminal or pipe
-    # without rich truncating cells ("dense" became "de…").
+    # Provenance goes in the caption, not a header, and the precision column only appears when INT8 was
+    # searched: the table must fit an 80-column terminal or log without rich truncating cells.
+    with_precision = any(r.precision != "fp32" for r in result.pareto)
     table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False,
                   caption=f"latency ms: {provenance}" + (f" — {base['latency_source']}" if base.get("latency_source") else ""),
                   caption_justify="left")
-    for column in ("trial", "accuracy", "latency ms", "speedup", "params", "MFLOPs", "precision", "strategy"):
-        table.add_column(column, justify="right" if column != "strategy" else "left", overflow="fold",
-                         no_wrap=column in ("trial", "latency ms"))
-    table.add_row(
-        "dense", f"{base['accuracy']:.2%}", f"{base['latency_ms']:.4g}", "1.00×", f"{base['params']:,}",
-        f"{base['mflops']:.1f}", "fp32", "baseline", style="dim",
-    )
+    columns = ["trial", "accuracy", "latency ms", "speedup", "params", "MFLOPs", "precision", "strategy"]
+    if not with_precision:
+        columns.remove("precision")
+    for column in columns:
+        table.add_column(column, justify="right" if column != "strategy" else "left", no_wrap=True,
+                         min_width=len(column))
+    rows = [["dense", f"{base['accuracy']:.2%}", f"{base['latency_ms']:.4g}", "1.00×", _millions(base["params"]),
+             f"{base['mflops']:.1f}", "fp32", "baseline"]]
     for r in result.pareto:
-        table.add_row(
-            str(r.number), f"{r.accuracy:.2%}", f"{r.latency_ms:.4g}", f"{r.speedup:.2f}×", f"{r.params:,}",
-            f"{r.mflops:.1f}", r.precision, r.strategy,
-        )
+        rows.append([str(r.number), f"{r.accuracy:.2%}", f"{r.latency_ms:.4g}", f"{r.speedup:.2f}×",
+                     _millions(r.params), f"{r.mflops:.1f}", r.precision, r.strategy])
+    for k, row in enumerate(rows):
+        if not with_precision:
+            del row[6]
+        table.add_row(*row, style="dim" if k == 0 else None)
     return table
 
 

@@ -161,6 +161,11 @@ def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Co
             )
 
 
+def warm_start_count(trials: int) -> int:
+    """Uniform seed plans a learned strategy starts from: one per eight trials, between 2 and 4."""
+    return max(2, min(4, trials // 8)) if trials >= 8 else 0
+
+
 class Strategy(abc.ABC):
     """Proposes pruning plans for a study. Subclasses choose the sampler and may enqueue parameters."""
 
@@ -227,6 +232,35 @@ class Strategy(abc.ABC):
             user_attrs=attrs or {}, skip_if_exists=False,
         )
 
+    def _uniform_ratios(self, ratio: float) -> dict[str, float]:
+        return {g.name: _snap(g, ratio) for g in searched_groups(self.space)}
+
+    def highest_uniform(self) -> float:
+        """The largest uniform ratio meeting the cost limits (bisection on a monotone cost)."""
+        if self._cost_feasible(self._uniform_ratios(1.0)):
+            return 1.0
+        lo, hi = min((g.min_keep for g in self.space.groups), default=1.0), 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self._cost_feasible(self._uniform_ratios(mid)) else (lo, mid)
+        return lo
+
+    def warm_start(self, study: optuna.Study, count: int) -> None:
+        """Enqueue ``count`` uniform plans evenly spread from the smallest keep ratio to below the largest
+        feasible one, before the sampler's own proposals. Independent random draws average out to mid-size
+        models, so without these a short search rarely sees the fast end of the front; the sampler then
+        improves on the uniform points rather than rediscovering them. Resumes count seeds already made."""
+        if count <= 0:
+            return
+        made = [t for t in study.trials if "warm_start_keep" in t.user_attrs
+                and t.user_attrs.get("strategy", self.name) == self.name]
+        if len(made) >= count:
+            return
+        lowest = min((g.min_keep for g in self.space.groups), default=1.0)
+        top = self.highest_uniform()
+        ratio = lowest + (top - lowest) * len(made) / count  # never ``top`` itself: that is the dense model
+        self._enqueue(study, self._uniform_ratios(ratio), {"warm_start_keep": round(ratio, 6)})
+
 
 class TPEStrategy(Strategy):
     """Optuna's multi-objective TPE (accuracy ↑, latency ↓, optionally size ↓), told the constraints."""
@@ -238,6 +272,9 @@ class TPEStrategy(Strategy):
         return optuna.samplers.TPESampler(
             seed=self.seed, n_startup_trials=startup, multivariate=True, constant_liar=self.workers > 1,
         )
+
+    def before_ask(self, study: optuna.Study) -> None:
+        self.warm_start(study, warm_start_count(self.trials))
 
 
 class NSGA2Strategy(Strategy):
@@ -253,6 +290,9 @@ class NSGA2Strategy(Strategy):
         return optuna.samplers.NSGAIISampler(
             population_size=self.population_size(), seed=self.seed,
         )
+
+    def before_ask(self, study: optuna.Study) -> None:
+        self.warm_start(study, min(warm_start_count(self.trials), self.population_size() // 2))
 
 
 class EvolutionStrategy(NSGA2Strategy):
@@ -293,22 +333,9 @@ class UniformStrategy(Strategy):
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.seed)
 
-    def _ratios(self, ratio: float) -> dict[str, float]:
-        return {g.name: _snap(g, ratio) for g in searched_groups(self.space)}
-
-    def highest(self) -> float:
-        """The largest uniform ratio meeting the cost limits (bisection on a monotone cost)."""
-        if self._cost_feasible(self._ratios(1.0)):
-            return 1.0
-        lo, hi = min((g.min_keep for g in self.space.groups), default=1.0), 1.0
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self._cost_feasible(self._ratios(mid)) else (lo, mid)
-        return lo
-
     def sweep(self) -> list[float]:
         lowest = min((g.min_keep for g in self.space.groups), default=1.0)
-        top = self.highest()
+        top = self.highest_uniform()
         n = max(1, self.trials)
         return [lowest + (top - lowest) * k / max(1, n - 1) for k in range(n)] if n > 1 else [lowest]
 
@@ -317,7 +344,7 @@ class UniformStrategy(Strategy):
         sweep = self.sweep()
         pending = [r for r in sweep if round(r, 6) not in done]
         ratio = pending[0] if pending else sweep[len(study.trials) % len(sweep)]
-        self._enqueue(study, self._ratios(ratio), {"uniform_keep": round(ratio, 6)})
+        self._enqueue(study, self._uniform_ratios(ratio), {"uniform_keep": round(ratio, 6)})
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -123,3 +123,22 @@ def test_rl_agent_learns_and_beats_random_search_at_equal_budget():
         random_mean.append(statistics.mean(t.values[0] for t in rnd.trials))
     assert statistics.mean(rl_last) > statistics.mean(rl_first) + 0.05
     assert statistics.mean(rl_last) > statistics.mean(random_mean) + 0.05
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_learned_strategies_start_from_uniform_plans_spread_down_to_the_smallest(name):
+    problem = SyntheticProblem(groups=6, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    limit = Constraints(max_latency_ms=0.6 * dense)
+    study, _ = _run(name, 16, limit, problem=problem)
+    seeds = [t for t in study.trials if "warm_start_keep" in t.user_attrs]
+    assert len(seeds) == 2 and [t.number for t in seeds] == [0, 1]
+    lowest = min(g.min_keep for g in problem.space.groups)
+    for t in seeds:
+        assert len(set(t.params.values())) == 1  # one ratio for every group
+        assert t.user_attrs["latency_ms"] <= 0.6 * dense  # below the budget, not the dense model
+    assert seeds[0].user_attrs["warm_start_keep"] == pytest.approx(lowest)
+    assert seeds[0].user_attrs["warm_start_keep"] < seeds[1].user_attrs["warm_start_keep"]
+    # A resumed study does not seed again.
+    again, _ = _run(name, 20, limit, study=study, problem=problem)
+    assert len([t for t in again.trials if "warm_start_keep" in t.user_attrs]) == 2
