@@ -50,9 +50,19 @@ def environment() -> dict:
         "autoprune_commit": git_commit(),
         "command": command_line(),
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "note": "2 CPU cores shared with other users: timings depend on their load; the 1-minute load average is "
-                "sampled every 5 s during the run (load_average) and next to each timing",
+        "note": "timings depend on the machine's load; the 1-minute load average is sampled every 5 s during the "
+                "run (load_average) and next to each timing",
     }
+
+
+def load_sentence(mean_load: float, cores: int | None = None) -> str:
+    """How loaded the machine was, in words, from the mean 1-minute load average of a run."""
+    cores = cores or os.cpu_count() or 1
+    if mean_load <= cores * 0.75:
+        return (f"a quiet machine (mean 1-minute load average {mean_load} on {cores} cores, about this run's own "
+                "work)")
+    return (f"{cores} cores shared with other jobs (mean 1-minute load average {mean_load}): timings include "
+            "their load and are pessimistic")
 
 
 class LoadSampler:

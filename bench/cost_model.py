@@ -85,7 +85,7 @@ Host profile `{profile.name}` ({profile.provenance}), {args.model} at 1x3x32x32,
 | prediction time per plan | {min(per_plan):.0f} µs (best of 3 passes over {len(plans)} plans; median {statistics.median(per_plan):.0f} µs) |
 
 Load average (1 min) while measuring: {data['load_average']}; after validation {load_validate}, during the
-prediction timing {load_predict}. The machine is shared, so measured latencies carry the others' load.
+prediction timing {load_predict}: {_common.load_sentence(data['load_average']['mean'])}.
 """
     _common.write("cost_model", data, md)
 

@@ -70,8 +70,7 @@ ResNet-18, mnist5k at 1x3x32x32, {args.plans} random plans (seed {args.seed}); e
 - fine-tune / proxy time: {ratio:.1f}×
 - Kendall tau of proxy accuracy vs fine-tuned accuracy: **{tau:.3f}** (mean gain from fine-tuning
   {data_out['mean_gain_from_finetune'] * 100:.1f} points)
-- wall-clock times under a 1-minute load average of {data_out['load_average']['mean']} on 2 shared cores (per-plan
-  load averages in the JSON); on a quiet machine both are faster, the ratio less affected.
+- wall-clock times on {_common.load_sentence(data_out['load_average']['mean'])}; per-plan load averages in the JSON.
 """
     _common.write("eval_cost", data_out, md)
 

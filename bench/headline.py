@@ -111,7 +111,7 @@ ResNet-18 / mnist5k (1x3x32x32), host CPU target `{profile.name}` ({profile.prov
 
 - **measured speedup {speedup:.2f}×** at **{loss_points:.2f} points** accuracy loss
   (goal ≥ 2× at ≤ 1 point: speedup {'met' if speedup >= 2 else 'NOT met'}, accuracy {'met' if loss_points <= 1 else 'NOT met'}).
-- Measured on 2 shared cores, load average {out['load_average']['mean']} (mean; per-round values in the JSON).
+- Measured on {_common.load_sentence(out['load_average']['mean'])}; per-round values in the JSON.
 """
     _common.write("headline", out, md)
 

@@ -78,9 +78,8 @@ random strategy, {args.trials} trials of {args.finetune_steps} fine-tune steps e
 |---|---|---|---|---|---|---|
 {table}
 
-The machine has 2 cores shared with other users (mean load average {data['load_average']['mean']} during the run):
-with the cores already oversubscribed a second worker can only take CPU time from the others, so this measures
-this machine under this load, not Ray's overhead.
+Measured on {_common.load_sentence(data['load_average']['mean'])}. With 2 cores and 2 workers, each worker has one
+core and the driver shares them, so efficiency below 1 is the driver's and Ray's overhead plus the other load.
 """
     _common.write("ray_scaling", data, md)
 
