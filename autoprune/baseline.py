@@ -84,7 +84,11 @@ def get_baseline(
 
     ``on_epoch(epoch, epochs, loss)`` reports training progress.
     """
-    model = create_model(spec.model, spec.num_classes, spec.weights)
+    # The initial weights come from the global generator: seed it, or they would depend on whatever drew
+    # random numbers earlier in the process and the same spec could train to a different model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = create_model(spec.model, spec.num_classes, spec.weights)
     if checkpoint is not None:
         model = load_checkpoint(model, checkpoint, trust=trust_checkpoint)
         accuracy = _accuracy(model, data, spec)

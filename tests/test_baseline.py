@@ -41,3 +41,16 @@ def test_half_written_cache_entry_is_retrained():
 def test_cache_key_depends_on_recipe_and_seed():
     assert SPEC.cache_key() != BaselineSpec(**{**SPEC.__dict__, "seed": 1}).cache_key()
     assert SPEC.cache_key() != BaselineSpec(**{**SPEC.__dict__, "recipe": TrainRecipe(epochs=3)}).cache_key()
+
+
+def test_same_spec_trains_the_same_weights_whatever_ran_before(monkeypatch, tmp_path):
+    data = load_data("digits", (16, 16), seed=0)
+    spec = BaselineSpec("resnet18", "digits", (1, 3, 16, 16), 10, 3, TrainRecipe(epochs=1))
+    models = []
+    for k, draws in enumerate((0, 1000)):
+        monkeypatch.setenv("AUTOPRUNE_HOME", str(tmp_path / str(k)))
+        torch.rand(draws)  # other code consumed random numbers first
+        models.append(get_baseline(spec, data))
+    assert not models[1].cached and models[0].accuracy == models[1].accuracy
+    for a, b in zip(models[0].model.state_dict().values(), models[1].model.state_dict().values()):
+        assert torch.equal(a, b)
