@@ -18,7 +18,7 @@ from autoprune.errors import UserError
 from autoprune.hardware.profile import HardwareProfile, NMSupport, Validation
 from autoprune.hardware.signature import FamilyKey, LayerSignature, model_key, pruned_signature
 from autoprune.plan import PruningPlan
-from autoprune.pruning.space import SearchSpace
+from autoprune.pruning.space import POOL_OPS, SearchSpace
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 OFFSET_ROW = "(other ops: calibration offset)"
@@ -187,6 +187,15 @@ class CostModel:
 
         return all(dense_signature(layer, dtype).family in self._families for layer in space.layers)
 
+    def _priced(self, space: SearchSpace, dtype: str):
+        """The layers of ``space`` this profile prices: all of them, except pooling layers a table profile has
+        no entries for (tables measured before pooling was measured; their calibration absorbs its cost)."""
+        if self.profile.latency_model == "roofline":
+            return space.cost_layers
+        from autoprune.hardware.signature import dense_signature
+
+        return space.layers + tuple(p for p in space.pools if dense_signature(p, dtype).family in self._families)
+
     # --- whole plan ------------------------------------------------------------------------------------------
     def predict(self, space: SearchSpace, plan: PruningPlan) -> LatencyEstimate:
         """Predicted latency of ``space``'s model pruned by ``plan`` on this target, with its parts.
@@ -206,9 +215,12 @@ class CostModel:
             notes.append("unstructured sparsity gives no latency gain on this dense target (size shrinks only "
                          "if stored sparse)")
         nm_gain = nm_asked = 0
-        for layer in space.layers:
+        for layer in self._priced(space, dtype):
             sig = pruned_signature(layer, plan, channels, dtype)
             ms = self.layer_ms(sig, space.model, space.input_shape)
+            if layer.op in POOL_OPS:  # no weights to prune or count; its cost follows its input's channels
+                rows.append((layer.name, ms))
+                continue
             pattern = nm.get(layer.name, nm.get("*"))
             if pattern is not None:
                 nm_asked += 1
@@ -253,7 +265,7 @@ class CostModel:
         channels = space.group_channels()
         dtype = plan_dtype(plan, self.profile)
         return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, dtype),
-                                       space.model, space.input_shape) for layer in space.layers)
+                                       space.model, space.input_shape) for layer in self._priced(space, dtype))
 
 
 def _plan_mapping(plan: PruningPlan, name: str) -> Mapping:

@@ -56,7 +56,7 @@ def signature_grid(space: SearchSpace, alignment: int, dtype: str = "fp32", max_
     ratios = {g.name: ratio_grid(g.min_keep, g.step) for g in space.groups}
     channels = space.group_channels()
     axes: dict = {}  # family -> (cin values, cout values, template signature)
-    for layer in space.layers:
+    for layer in space.cost_layers:
         in_r = ratios.get(layer.in_group, [1.0]) if layer.in_group else [1.0]
         out_r = ratios.get(layer.out_group, [1.0]) if layer.out_group else [1.0]
         same = layer.in_group is not None and layer.in_group == layer.out_group
@@ -89,6 +89,9 @@ def micro_model(sig: LayerSignature) -> tuple[nn.Module, tuple[int, ...]]:
     the activation into the convolution, as it does in the whole model.
     """
     torch.manual_seed(0)
+    if sig.op in ("maxpool", "avgpool"):
+        pool = nn.MaxPool2d if sig.op == "maxpool" else nn.AvgPool2d
+        return pool(sig.kernel, sig.stride, sig.padding).eval(), (1, sig.cin, sig.in_h, sig.in_w)
     if sig.op == "linear":
         layer = nn.Linear(sig.cin, sig.cout)
         shape = (1, sig.cin) if sig.in_h * sig.in_w == 1 else (1, sig.in_h * sig.in_w, sig.cin)

@@ -18,6 +18,7 @@ PROVENANCES = ("measured", "calibrated", "estimated")
 RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 LATENCY_MODELS = ("table", "roofline")
+LAYER_OPS = ("conv", "linear", "maxpool", "avgpool")  # as signature.OPS; kept here so parsing needs no torch
 SIGNATURE_FIELDS = ("op", "cin", "cout", "kernel", "stride", "padding", "groups", "in_h", "in_w", "dtype")
 
 
@@ -184,7 +185,7 @@ def _check_latency(c: _Checker, value: Any) -> None:
 
 def _check_entry(c: _Checker, entry: Any, path: str) -> None:
     c.mapping(entry, path, required=(*SIGNATURE_FIELDS, "mean_ms", "std_ms", "n"))
-    c.string(entry["op"], f"{path}.op", ("conv", "linear"))
+    c.string(entry["op"], f"{path}.op", LAYER_OPS)
     for key in ("cin", "cout", "kernel", "stride", "groups", "in_h", "in_w"):
         c.integer(entry[key], f"{path}.{key}", 1)
     c.integer(entry["padding"], f"{path}.padding", 0)

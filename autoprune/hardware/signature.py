@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from autoprune.plan import PruningPlan
-from autoprune.pruning.space import LayerSpec
+from autoprune.pruning.space import POOL_OPS, LayerSpec
 
-OPS = ("conv", "linear")
+OPS = ("conv", "linear", *POOL_OPS)
 DTYPES = ("fp32", "fp16", "int8")
 
 
@@ -34,7 +34,8 @@ class LayerSignature:
 
     @property
     def depthwise(self) -> bool:
-        return self.op == "conv" and self.groups > 1 and self.groups == self.cin == self.cout
+        """Channel-wise (cin == cout == groups): a depthwise conv or a pooling layer."""
+        return self.op in POOL_OPS or (self.op == "conv" and self.groups > 1 and self.groups == self.cin == self.cout)
 
     @property
     def family(self) -> "FamilyKey":
@@ -57,7 +58,9 @@ class LayerSignature:
 
     @property
     def params(self) -> int:
-        """Weights plus bias (BatchNorm folds into the bias at inference)."""
+        """Weights plus bias (BatchNorm folds into the bias at inference); none for pooling."""
+        if self.op in POOL_OPS:
+            return 0
         return self.cout * (self.cin // self.groups) * self.kernel * self.kernel + self.cout
 
     def key(self) -> str:

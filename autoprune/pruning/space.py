@@ -30,6 +30,10 @@ from autoprune.plan import PruningPlan, kept_channels
 from autoprune.pruning.attention import HeadAttention, convert_attention
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+# Pooling layers are not pruned, but their cost follows the channels of the group that feeds them, so the
+# cost model prices them too (LayerSpec with op "maxpool"/"avgpool", channel-wise like a depthwise conv).
+POOL_OPS = ("maxpool", "avgpool")
+POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ class LayerSpec:
 
     @property
     def depthwise(self) -> bool:
-        return self.op == "conv" and self.groups > 1 and self.groups == self.in_channels
+        """Channel-wise: a depthwise conv, or a pooling layer (its channels are its input's)."""
+        return self.op in POOL_OPS or (self.op == "conv" and self.groups > 1 and self.groups == self.in_channels)
 
     def pruned_shape(self, plan: PruningPlan, group_channels: dict[str, int]) -> tuple[int, int, int]:
         """(in_channels, out_channels, groups) after ``plan``."""
@@ -116,6 +121,12 @@ class SearchSpace:
     alignment: int
     groups: tuple[GroupSpec, ...]
     layers: tuple[LayerSpec, ...]
+    pools: tuple[LayerSpec, ...] = ()  # priced by the cost model, never pruned
+
+    @property
+    def cost_layers(self) -> tuple[LayerSpec, ...]:
+        """Every layer the cost model prices: the conv/linear layers, then the pooling layers."""
+        return self.layers + self.pools
 
     @property
     def group_names(self) -> list[str]:
@@ -176,7 +187,7 @@ class SearchSpace:
             )
         groups = tuple(overrides.get(g.name, g) for g in self.groups)
         alignment = int(data.get("alignment", self.alignment))
-        return SearchSpace(self.model, self.input_shape, alignment, groups, self.layers)
+        return SearchSpace(self.model, self.input_shape, alignment, groups, self.layers, self.pools)
 
 
 def _load_space_file(path: Path) -> dict:
@@ -296,23 +307,28 @@ def generate_space(
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
     qkv_names = {names[m] for m in attention}
-    layers = _trace_layers(model, example, out_group, in_group, qkv_names)
-    return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers))
+    layers, pools = _trace_layers(model, example, out_group, in_group, qkv_names)
+    return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers), tuple(pools))
 
 
-def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()) -> list[LayerSpec]:
+def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()
+                  ) -> tuple[list[LayerSpec], list[LayerSpec]]:
+    """(conv/linear layers, pooling layers) of ``model`` with their input shapes and groups."""
     shapes: dict[str, tuple[int, ...]] = {}
+    calls: list[str] = []  # execution order, for the pooling layers' producers
 
     def record(name):
         def hook(module, inputs, output):  # must return None, or it would replace the output
-            shapes.setdefault(name, tuple(inputs[0].shape))
+            if name not in shapes:
+                shapes[name] = tuple(inputs[0].shape)
+                calls.append(name)
 
         return hook
 
     hooks = [
         module.register_forward_hook(record(name))
         for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_TYPES)
+        if isinstance(module, PRUNABLE_TYPES + POOL_TYPES)
     ]
     try:
         with torch.no_grad():
@@ -321,8 +337,9 @@ def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()) ->
         for h in hooks:
             h.remove()
     layers = []
-    for name, module in model.named_modules():
-        if name not in shapes:
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if name not in shapes or isinstance(module, POOL_TYPES):
             continue
         shape = shapes[name]
         out_name, out_unit, out_inter = out_group.get(name, (None, 1, 1))
@@ -348,7 +365,39 @@ def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()) ->
                     out_factor=factor,
                 )
             )
-    return layers
+    return layers, _pool_layers(modules, shapes, calls, {layer.name: layer for layer in layers})
+
+
+def _pool_layers(modules, shapes, calls, by_name: dict[str, LayerSpec]) -> list[LayerSpec]:
+    """Pooling layers on 4-D inputs, each tied to the group of the conv that last produced its channel count
+    before it ran (in ResNet the stem for the max-pool, the last stage for the global average pool). Where no
+    such conv exists (a pool after a concat) the pool is priced at its dense channel count."""
+    pools = []
+    for k, name in enumerate(calls):
+        module, shape = modules[name], shapes[name]
+        if not isinstance(module, POOL_TYPES) or len(shape) != 4:
+            continue
+        channels, h, w = shape[1], shape[2], shape[3]
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            size = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,) * 2
+            if tuple(size) != (1, 1) or h != w:
+                continue  # only global pooling maps onto a fixed kernel; the calibration covers the rest
+            op, kernel, stride, padding = "avgpool", h, 1, 0
+        else:
+            op = "maxpool" if isinstance(module, nn.MaxPool2d) else "avgpool"
+            kernel, stride, padding = (_first(module.kernel_size), _first(module.stride or module.kernel_size),
+                                       _first(module.padding))
+        producer = next((by_name[c] for c in reversed(calls[:k]) if c in by_name
+                         and by_name[c].op == "conv" and by_name[c].out_channels == channels), None)
+        group = producer.out_group if producer is not None else None
+        unit = producer.out_unit if producer is not None else 1
+        pools.append(LayerSpec(name, op, channels, channels, kernel, stride, padding, channels, h, w,
+                               out_group=group, in_group=group, out_unit=unit, in_unit=unit))
+    return pools
+
+
+def _first(value) -> int:
+    return int(value[0] if isinstance(value, (tuple, list)) else value)
 
 
 def _padding(conv: nn.Conv2d) -> int:

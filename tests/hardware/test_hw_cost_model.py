@@ -64,11 +64,13 @@ def test_prediction_is_the_sum_of_its_parts(resnet_space):
     plan = PruningPlan(keep_ratios={g: 0.25 + 0.05 * i for i, g in enumerate(resnet_space.group_names)},
                        alignment=16)
     estimate = CostModel(profile).predict(resnet_space, plan)
-    assert [n for n, _ in estimate.per_layer] == [layer.name for layer in resnet_space.layers]
+    # Every conv/linear layer, then the pooling layers (ResNet-18: the stem's max-pool, the global average pool).
+    assert [n for n, _ in estimate.per_layer] == [layer.name for layer in resnet_space.cost_layers]
+    assert [p.name for p in resnet_space.pools] == ["maxpool", "avgpool"]
     assert estimate.latency_ms == pytest.approx(math.fsum(ms for _, ms in estimate.per_layer), rel=1e-12)
     model = CostModel(profile)
     channels = resnet_space.group_channels()
-    for layer, (_, ms) in zip(resnet_space.layers, estimate.per_layer):
+    for layer, (_, ms) in zip(resnet_space.cost_layers, estimate.per_layer):
         assert ms == pytest.approx(model.layer_ms(pruned_signature(layer, plan, channels)))
     assert estimate.provenance == "measured" and not estimate.calibrated
     assert estimate.macs == sum(pruned_signature(l, plan, channels).macs for l in resnet_space.layers)
@@ -130,3 +132,35 @@ def test_prediction_takes_well_under_a_millisecond(resnet_space):
     for _ in range(50):
         model.predict(resnet_space, plan)
     assert (time.perf_counter() - start) / 50 < 1e-3
+
+
+def test_pooling_layers_are_priced_by_the_channels_of_the_group_feeding_them(resnet_space):
+    maxpool, avgpool = resnet_space.pools
+    assert maxpool.op == "maxpool" and (maxpool.kernel, maxpool.stride, maxpool.padding) == (3, 2, 1)
+    assert maxpool.out_group == resnet_space.groups[0].name  # the stem's channels
+    last_conv = next(layer for layer in resnet_space.layers if layer.name == "layer4.1.conv2")
+    assert avgpool.op == "avgpool" and avgpool.out_group == last_conv.out_group  # the last stage's (residual)
+    profile = table_profile(resnet_space)
+    assert {e.signature.op for e in profile.entries} >= {"maxpool", "avgpool"}  # measured like any layer
+    model = CostModel(profile)
+    dense = dict(model.predict(resnet_space, PruningPlan(alignment=16)).per_layer)
+    stem = PruningPlan(keep_ratios={maxpool.out_group: 0.5}, alignment=16)
+    pruned = model.predict(resnet_space, stem)
+    assert dict(pruned.per_layer)["maxpool"] < dense["maxpool"]  # half the channels to pool
+    assert dict(pruned.per_layer)["avgpool"] == dense["avgpool"]
+    channels = resnet_space.group_channels()
+    sig = pruned_signature(maxpool, stem, channels)
+    assert sig.cin == sig.cout == sig.groups == channels[maxpool.out_group] // 2 and sig.params == 0
+    # Pooling adds no weights or MACs to the estimate: those count conv/linear layers only.
+    assert pruned.macs == sum(pruned_signature(l, stem, channels).macs for l in resnet_space.layers)
+
+
+def test_a_table_without_pooling_entries_still_predicts():
+    """Profiles measured before pooling was measured: the pools are left to the per-model calibration."""
+    space = generate_space(create_model("resnet18", 10), "resnet18", (1, 3, 32, 32), alignment=16)
+    profile = table_profile(space)
+    older = dataclasses.replace(profile, entries=tuple(e for e in profile.entries
+                                                       if e.signature.op in ("conv", "linear")))
+    estimate = CostModel(older).predict(space, PruningPlan(alignment=16))
+    assert [n for n, _ in estimate.per_layer] == [layer.name for layer in space.layers]
+    assert estimate.latency_ms < CostModel(profile).predict(space, PruningPlan(alignment=16)).latency_ms
