@@ -5,9 +5,9 @@ The agent walks the searched groups in network order. At each step it observes a
 budget used so far, its previous action, the budget, the room left for this group) and emits a keep ratio.
 Actions are *bounded*: the ratio is squashed into ``[min_keep, upper]`` where ``upper`` is the largest grid
 ratio for which the plan still meets the latency (and parameter) budget with every later group at its
-``min_keep``, so every plan it proposes meets the budget. With no ``--max-latency-ms`` a budget is drawn per
-episode between the fastest and the dense latency and given to the agent, so one budget-conditioned policy
-covers the whole front.
+``min_keep``, so every plan it proposes meets the budget. With no ``--max-latency-ms`` a budget between the
+fastest and the dense latency is given to the agent each episode (evenly spread during warm-up, from the
+fastest plan up; then drawn at random), so one budget-conditioned policy covers the whole front.
 
 Exploration follows AMC: the first ``warmup`` episodes act uniformly at random within the bounds; after that
 the policy's mean action is perturbed by truncated-normal noise whose scale decays exponentially from
@@ -181,10 +181,14 @@ class RLStrategy(Strategy):
             prev = a
         return states, raw, ratios
 
-    def _budget(self, generator: torch.Generator) -> float:
+    def _budget(self, generator: torch.Generator, episode: int = -1) -> float:
+        """The episode's latency budget: the limit when there is one; else stratified over [fastest, dense)
+        during warm-up (episode 0 gets the fastest plan, so the front's fast end is seen from the start, as the
+        uniform warm start gives the other learned strategies), then drawn uniformly."""
         if self.constraints.max_latency_ms is not None:
             return self.constraints.max_latency_ms
-        u = float(torch.rand((), generator=generator))
+        warmup = min(self.warmup, self.trials // 4)
+        u = episode / warmup if 0 <= episode < warmup else float(torch.rand((), generator=generator))
         return self.fastest_ms + u * (self.dense_ms - self.fastest_ms)
 
     def sigma(self, episode: int) -> float:
@@ -205,8 +209,8 @@ class RLStrategy(Strategy):
         self.learn(study)
         trials = study.get_trials(deepcopy=False)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + len(trials))
-        budget = self._budget(generator)
         episode = sum(1 for t in trials if "rl_actions" in t.user_attrs)
+        budget = self._budget(generator, episode)
         sigma = self.sigma(episode)
         _, raw, ratios = self.walk(budget, generator=generator, sigma=sigma)
         self._enqueue(study, ratios, {"rl_actions": [round(u, 6) for u in raw], "rl_budget_ms": budget,

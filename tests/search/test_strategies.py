@@ -142,3 +142,13 @@ def test_learned_strategies_start_from_uniform_plans_spread_down_to_the_smallest
     # A resumed study does not seed again.
     again, _ = _run(name, 20, limit, study=study, problem=problem)
     assert len([t for t in again.trials if "warm_start_keep" in t.user_attrs]) == 2
+
+
+def test_rl_warm_up_spreads_budgets_from_the_fastest_plan_up():
+    problem = SyntheticProblem(groups=6, seed=0)
+    study, _ = _run("rl", 16, problem=problem)
+    budgets = [t.user_attrs["rl_budget_ms"] for t in study.trials[:4]]  # warm-up: a quarter of 16 episodes
+    assert budgets == sorted(budgets) and len(set(budgets)) == 4
+    first = study.trials[0]
+    assert all(v == pytest.approx(g.min_keep) for g, v in zip(problem.space.groups, first.params.values()))
+    assert first.user_attrs["latency_ms"] == pytest.approx(min(t.user_attrs["latency_ms"] for t in study.trials))
