@@ -14,11 +14,13 @@ import os
 import re
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from autoprune.baseline import BaselineSpec, get_baseline
@@ -288,18 +290,25 @@ def _slug(text: str) -> str:
 def _open_study(config: SearchConfig) -> optuna.Study:
     config.out_path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(config.out_path / "config.json", {**config.to_dict(), "command": sys.argv})
-    try:
-        study = optuna.create_study(
-            study_name=config.study_name, storage=open_storage(config.storage_url), load_if_exists=True,
-            directions=directions(config.size_objective),
-        )
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any storage failure is the user's URL or permissions
-        raise UserError(
-            f"cannot open study storage {config.storage_url!r}: {str(err).splitlines()[0]} "
-            "(pass an Optuna storage URL such as sqlite:///path/study.db)"
-        ) from err
+    for attempt in range(3):
+        try:
+            study = optuna.create_study(
+                study_name=config.study_name, storage=open_storage(config.storage_url), load_if_exists=True,
+                directions=directions(config.size_objective),
+            )
+            break
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any storage failure is the user's URL or permissions
+            if isinstance(err, sqlalchemy.exc.IntegrityError) and attempt < 2:
+                # Another process (a second driver, a report) created the same new database at the same
+                # moment; the schema is there now, so opening it again succeeds.
+                time.sleep(0.5)
+                continue
+            raise UserError(
+                f"cannot open study storage {config.storage_url!r}: {str(err).splitlines()[0]} "
+                "(pass an Optuna storage URL such as sqlite:///path/study.db)"
+            ) from err
     if len(study.directions) != len(directions(config.size_objective)):
         have = "with" if len(study.directions) == 3 else "without"
         raise UserError(
@@ -452,37 +461,44 @@ def optimize(
                 "fix the cause (see the trials' fail_reason in the study) and run the same command to resume"
             )
 
+    asked: optuna.Trial | None = None  # asked but not yet in flight: Ctrl-C there must not leave it RUNNING
     try:
         while done < trials or live:
             while len(live) < executor.slots and done + len(live) < trials:
                 strategy.before_ask(study)
-                trial = study.ask()
+                trial = asked = study.ask()
                 trial.set_user_attr("strategy", strategy.name)
                 trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
                 try:
                     plan = strategy.propose(study, trial)
                 except (RuntimeError, ValueError, UserError) as err:
+                    asked = None
                     failed(trial, _reason(err))
                     continue
                 live[trial.number] = trial
+                asked = None
                 executor.submit(trial.number, plan, guidance(study, constraints) if multi_fidelity else None)
             if not live:
                 continue
             for finished in executor.wait():
-                trial = live.pop(finished.key)
+                trial = live[finished.key]  # stays "live" until told, so Ctrl-C meanwhile re-queues it
                 error = finished.error or _non_finite(finished.result)
                 if finished.attempts > 1:
                     trial.set_user_attr("attempts", finished.attempts)
                 if error:
                     failed(trial, error)
+                    live.pop(finished.key)
                     continue
                 _tell(study, trial, finished, constraints)
+                live.pop(finished.key)
                 consecutive_failures.clear()
                 done += 1
                 reporter.trial_done(done, trials, pareto_records(completed_records(study)), None)
     except KeyboardInterrupt:
-        for trial in live.values():
-            _requeue(study, study._storage.get_trial(trial._trial_id), "interrupted: stopped with Ctrl-C")
+        for trial in [*live.values(), *([asked] if asked is not None else [])]:
+            frozen = study._storage.get_trial(trial._trial_id)
+            if frozen.state == TrialState.RUNNING:
+                _requeue(study, frozen, "interrupted: stopped with Ctrl-C")
         return True
     return False
 
