@@ -15,10 +15,8 @@ an INT8 calibration and an INT8 validation to a measured onnxruntime profile (it
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
-import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -221,40 +219,3 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
                     software={**calibrated.software, **runner.software_versions("onnxruntime")})
     return final, validation
 
-
-def main(argv=None) -> int:
-    """``python -m autoprune.quantize measure ...``: add INT8 entries to a measured onnxruntime profile."""
-    from autoprune.cli.common import parse_input_shape
-    from autoprune.hardware.profile import read_profile, save_profile
-    from autoprune.models import create_model
-    from autoprune.pruning.space import generate_space
-
-    parser = argparse.ArgumentParser(prog="python -m autoprune.quantize")
-    sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("measure", help="measure INT8 layer entries, calibration and validation into a profile")
-    m.add_argument("--profile", required=True, type=Path, help="onnxruntime profile YAML to add INT8 entries to")
-    m.add_argument("--model", required=True)
-    m.add_argument("--input-shape", default="1x3x32x32")
-    m.add_argument("--num-classes", type=int, default=10)
-    m.add_argument("--max-points", type=int, default=7, help="most channel counts per axis (rest interpolated)")
-    m.add_argument("--calibration-points", type=int, default=12)
-    m.add_argument("--validation-samples", type=int, default=20)
-    m.add_argument("--repeats", type=int, default=200)
-    args = parser.parse_args(argv)
-    try:
-        profile = read_profile(args.profile)
-        shape = parse_input_shape(args.input_shape)
-        space = generate_space(create_model(args.model, args.num_classes), args.model, shape, profile.alignment)
-        updated, validation = measure_int8(profile, space, args.max_points, args.calibration_points,
-                                           args.validation_samples, repeats=args.repeats)
-        save_profile(updated, args.profile)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.profile}: {sum(e.signature.dtype == 'int8' for e in updated.entries)} INT8 entries; "
-          f"{validation.summary()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from autoprune.errors import UserError
 from autoprune.hardware.profile import HardwareProfile, NMSupport, Validation
-from autoprune.hardware.signature import FamilyKey, LayerSignature, model_key, pruned_signature
+from autoprune.hardware.signature import FamilyKey, LayerSignature, dense_signature, model_key, pruned_signature
 from autoprune.plan import PruningPlan
 from autoprune.pruning.space import POOL_OPS, SearchSpace
 
@@ -183,8 +183,6 @@ class CostModel:
         if self.profile.latency_model == "roofline":
             return True
         dtype = self.profile.precision
-        from autoprune.hardware.signature import dense_signature
-
         return all(dense_signature(layer, dtype).family in self._families for layer in space.layers)
 
     def _priced(self, space: SearchSpace, dtype: str):
@@ -192,8 +190,6 @@ class CostModel:
         no entries for (tables measured before pooling was measured; their calibration absorbs its cost)."""
         if self.profile.latency_model == "roofline":
             return space.cost_layers
-        from autoprune.hardware.signature import dense_signature
-
         return space.layers + tuple(p for p in space.pools if dense_signature(p, dtype).family in self._families)
 
     # --- whole plan ------------------------------------------------------------------------------------------

@@ -235,11 +235,15 @@ class Strategy(abc.ABC):
     def _uniform_ratios(self, ratio: float) -> dict[str, float]:
         return {g.name: _snap(g, ratio) for g in searched_groups(self.space)}
 
+    def lowest_uniform(self) -> float:
+        """The smallest uniform ratio every group allows."""
+        return min((g.min_keep for g in self.space.groups), default=1.0)
+
     def highest_uniform(self) -> float:
         """The largest uniform ratio meeting the cost limits (bisection on a monotone cost)."""
         if self._cost_feasible(self._uniform_ratios(1.0)):
             return 1.0
-        lo, hi = min((g.min_keep for g in self.space.groups), default=1.0), 1.0
+        lo, hi = self.lowest_uniform(), 1.0
         for _ in range(20):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self._cost_feasible(self._uniform_ratios(mid)) else (lo, mid)
@@ -252,12 +256,11 @@ class Strategy(abc.ABC):
         improves on the uniform points rather than rediscovering them. Resumes count seeds already made."""
         if count <= 0:
             return
-        made = [t for t in study.trials if "warm_start_keep" in t.user_attrs
+        made = [t for t in study.get_trials(deepcopy=False) if "warm_start_keep" in t.user_attrs
                 and t.user_attrs.get("strategy", self.name) == self.name]
         if len(made) >= count:
             return
-        lowest = min((g.min_keep for g in self.space.groups), default=1.0)
-        top = self.highest_uniform()
+        lowest, top = self.lowest_uniform(), self.highest_uniform()
         ratio = lowest + (top - lowest) * len(made) / count  # never ``top`` itself: that is the dense model
         self._enqueue(study, self._uniform_ratios(ratio), {"warm_start_keep": round(ratio, 6)})
 
@@ -334,8 +337,7 @@ class UniformStrategy(Strategy):
         return optuna.samplers.RandomSampler(seed=self.seed)
 
     def sweep(self) -> list[float]:
-        lowest = min((g.min_keep for g in self.space.groups), default=1.0)
-        top = self.highest_uniform()
+        lowest, top = self.lowest_uniform(), self.highest_uniform()
         n = max(1, self.trials)
         return [lowest + (top - lowest) * k / max(1, n - 1) for k in range(n)] if n > 1 else [lowest]
 

@@ -1,7 +1,6 @@
 """The real `autoprune search` in a subprocess on the real evaluator at tiny size: SIGKILL mid-trial then
 resume, and Ctrl-C (SIGINT) recording the running trial as interrupted."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,18 +24,6 @@ def _cli(tmp_path, trials, extra=()):
 
 def _study(tmp_path):
     return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-
-
-def _wait_for(predicate, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001 - storage not created yet
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def _freeze_mid_trial(proc, tmp_path, timeout=300):
