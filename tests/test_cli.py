@@ -136,3 +136,20 @@ def test_checkpoint_is_used_instead_of_training(tmp_path, capsys):
     assert code == 0, err
     result = json.loads(stdout)
     assert result["baseline"]["source"].startswith("checkpoint")
+
+
+def test_front_table_with_int8_candidates_fits_80_columns():
+    from rich.console import Console
+
+    from autoprune.cli.search import pareto_table
+    from autoprune.search import SearchResult, TrialRecord
+
+    rec = TrialRecord(number=3, strategy="nsga2", accuracy=0.95, latency_ms=0.2, latency_provenance="measured",
+                      params=1_000_000, macs=1, mflops=2.0, size_mb=1.0, speedup=2.0, plan={}, feasible=True,
+                      proxy_accuracy=0.9, fidelity="finetuned", finetune_steps=5, precision="int8")
+    dense = {"accuracy": 0.97, "latency_ms": 0.4, "params": 11_000_000, "mflops": 74.2, "latency_provenance": "measured"}
+    console = Console(width=80, record=True)
+    console.print(pareto_table(SearchResult("s", "sqlite:///x", ".", dense, [rec], 1, 0)))
+    text = console.export_text()
+    assert "…" not in text
+    assert all(word in text for word in ("precision", "strategy", "baseline", "nsga2", "int8", "fp32"))

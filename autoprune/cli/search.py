@@ -32,7 +32,8 @@ class RichReporter:
         self._task = None
         self._baseline_task = None
         self._started = time.perf_counter()
-        self._first_done: int | None = None
+        self._first_done: int | None = None  # trials done, and when, at the first report (the ETA's origin)
+        self._first_time = 0.0
 
     def __enter__(self) -> "RichReporter":
         self.progress.__enter__()
@@ -99,28 +100,25 @@ def _millions(count: int) -> str:
 def pareto_table(result: SearchResult) -> Table:
     base = result.baseline
     provenance = base.get("latency_provenance", "")
-    # Provenance goes in the caption, not a header, and the precision column only appears when INT8 was
-    # searched: the table must fit an 80-column terminal or log without rich truncating cells.
+    # The table must fit an 80-column terminal or log without rich truncating cells: provenance goes in the
+    # caption, not a header, and adjacent padding collapses. Precision shows only when a candidate is not fp32.
     with_precision = any(r.precision != "fp32" for r in result.pareto)
     table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False,
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption=f"latency ms: {provenance}" + (f" — {base['latency_source']}" if base.get("latency_source") else ""),
                   caption_justify="left")
-    columns = ["trial", "accuracy", "latency ms", "speedup", "params", "MFLOPs", "precision", "strategy"]
-    if not with_precision:
-        columns.remove("precision")
+    rows = [{"trial": "dense", "accuracy": f"{base['accuracy']:.2%}", "latency ms": f"{base['latency_ms']:.4g}",
+             "speedup": "1.00×", "params": _millions(base["params"]), "MFLOPs": f"{base['mflops']:.1f}",
+             "precision": "fp32", "strategy": "baseline"}]
+    rows += [{"trial": str(r.number), "accuracy": f"{r.accuracy:.2%}", "latency ms": f"{r.latency_ms:.4g}",
+              "speedup": f"{r.speedup:.2f}×", "params": _millions(r.params), "MFLOPs": f"{r.mflops:.1f}",
+              "precision": r.precision, "strategy": r.strategy} for r in result.pareto]
+    columns = [c for c in rows[0] if c != "precision" or with_precision]
     for column in columns:
         table.add_column(column, justify="right" if column != "strategy" else "left", no_wrap=True,
                          min_width=len(column))
-    rows = [["dense", f"{base['accuracy']:.2%}", f"{base['latency_ms']:.4g}", "1.00×", _millions(base["params"]),
-             f"{base['mflops']:.1f}", "fp32", "baseline"]]
-    for r in result.pareto:
-        rows.append([str(r.number), f"{r.accuracy:.2%}", f"{r.latency_ms:.4g}", f"{r.speedup:.2f}×",
-                     _millions(r.params), f"{r.mflops:.1f}", r.precision, r.strategy])
     for k, row in enumerate(rows):
-        if not with_precision:
-            del row[6]
-        table.add_row(*row, style="dim" if k == 0 else None)
+        table.add_row(*(row[c] for c in columns), style="dim" if k == 0 else None)
     return table
 
 
