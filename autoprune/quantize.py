@@ -175,7 +175,7 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     from autoprune.hardware import device_runner as runner
     from autoprune.hardware.cost_model import CostModel, precision_key
     from autoprune.hardware.profile import LatencyEntry, today
-    from autoprune.hardware.profiling import (PlanPoint, _overhead_model, fit_calibration, merge_entries,
+    from autoprune.hardware.profiling import (PlanPoint, _overhead_model, fit_calibration, merge_entries, plan_point,
                                               random_plans, score, signature_grid)
     from autoprune.hardware.signature import model_key
     from autoprune.onnx_export import onnx_bytes
@@ -200,9 +200,10 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     key = precision_key(model_key(space.model, space.input_shape), "int8")
     merged = replace(profile, entries=merge_entries(profile.entries, entries))
     table = CostModel(replace(merged, calibration={}))
-    points = [PlanPoint(p, table.layer_sum_ms(space, p), 0.0, ms) for p, ms in zip(calib_plans, model_stats)]
+    points = [plan_point(table, space, p, ms) for p, ms in zip(calib_plans, model_stats)]
     calibration = fit_calibration(points, f"fitted on {len(points)} whole-model onnxruntime INT8 (QDQ) measurements "
-                                  "(dense + random plans, seed 0) timed in the same interleaved passes as the INT8 table")
+                                  "(dense + random plans, seed 0) timed in the same interleaved passes as the INT8 table",
+                                  runner.last_level_cache_mb())
     calibrated = replace(merged, calibration={**merged.calibration, key: calibration})
     predictor = CostModel(calibrated)
     checked = [PlanPoint(p, 0.0, predictor.predict(space, p).latency_ms, ms)

@@ -181,6 +181,7 @@ def profile_measure(
     if precision == "int8":
         _measure_int8(model, out, input_shape, num_classes, max_points, calibration_points, repeats)
         return
+    from autoprune.hardware import device_runner as runner
     from autoprune.hardware import save_profile
     from autoprune.hardware.measure import Timing
     from autoprune.hardware.profile import read_profile
@@ -206,7 +207,8 @@ def profile_measure(
         profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
         profile = calibration_from(profile, space, plans, measured,
                                    f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random "
-                                   "plans, seed 0) timed in the same interleaved passes as the table")
+                                   "plans, seed 0) timed in the same interleaved passes as the table",
+                                   runner.last_level_cache_mb())
     else:
         with _progress(f"measuring {len(sigs)} layer signatures") as progress:
             entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu)
@@ -316,6 +318,8 @@ def profile_validate(
     seed: int = typer.Option(1000, "--seed"),
     num_classes: int = typer.Option(10, "--num-classes"),
     pin_cpu: int = typer.Option(None, "--pin-cpu"),
+    rounds: int = typer.Option(1, "--rounds", help="repeat the measurement this many times; score the median and "
+                               "report how repeatable the measurement itself was (the noise ceiling)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Measure N random plans here and score the cost model (MAPE, ±5/±10%, Kendall tau); store it in the profile."""
@@ -324,15 +328,18 @@ def profile_validate(
 
     if samples < 2:
         raise UserError("--samples must be at least 2 (Kendall tau needs two plans)")
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
     profile = load_profile(target)
     if profile.runtime != "onnxruntime":
         raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
                         "onnxruntime on this machine, so it can only validate onnxruntime CPU profiles here")
     space = _space(model, input_shape, profile.alignment, None, num_classes)
     command = (f"autoprune profile validate --target {shlex.quote(target)} --model {model} --samples {samples} "
-               f"--input-shape {input_shape} --seed {seed}")
-    with _progress(f"measuring {samples} random plans") as progress:
-        profile, result, points = validate(profile, space, samples, seed, progress, command, pin_cpu)
+               f"--input-shape {input_shape} --seed {seed}" + (f" --rounds {rounds}" if rounds > 1 else ""))
+    label = f"measuring {samples} random plans" + (f" × {rounds} rounds" if rounds > 1 else "")
+    with _progress(label) as progress:
+        profile, result, points = validate(profile, space, samples, seed, progress, command, pin_cpu, rounds)
     save_profile(profile, _profile_path(target))
     if json_output:
         print_json({**vars(result), "points": [{"predicted_ms": p.predicted_ms, "measured_ms": p.measured_ms}

@@ -2,7 +2,8 @@
 
 Prediction = sum over the pruned model's conv/linear layers of the profile's latency for each layer's
 signature, then the per-model calibration ``a * sum + b`` fitted on whole-model measurements (the offset covers
-what the table does not hold: pooling, residual additions, graph input/output). Channel counts first climb the
+what the table does not hold: residual additions, graph input/output), plus, where the fit found one, a memory
+term for the weights that outgrow the last-level cache. Channel counts first climb the
 target's alignment staircase (64 -> 60 channels costs what 64 costs on a target that pads to 8); between measured
 channel counts the table is interpolated bilinearly.
 """
@@ -22,6 +23,7 @@ from autoprune.pruning.space import POOL_OPS, SearchSpace
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 OFFSET_ROW = "(other ops: calibration offset)"
+SPILL_ROW = "(weights beyond the {cache:g} MB cache: calibration)"
 INT8_SUFFIX = ":int8"  # per-model calibration/validation keys of INT8 records: "resnet18@1x3x32x32:int8"
 
 
@@ -205,7 +207,7 @@ class CostModel:
         global_sparsity = float(getattr(plan, "global_sparsity", 0.0) or 0.0)
         nm = _plan_mapping(plan, "nm")
         rows: list[tuple[str, float]] = []
-        macs = params = 0
+        macs = params = stored = 0  # stored: weights the runtime reads (a dense target stores zeros too)
         notes: list[str] = []
         if (global_sparsity > 0 or any(v > 0 for v in sparsity.values())) and not profile.unstructured_sparsity:
             notes.append("unstructured sparsity gives no latency gain on this dense target (size shrinks only "
@@ -232,27 +234,35 @@ class CostModel:
                 n, m = (int(x) for x in str(pattern).split(":"))
                 density = min(density, n / m)
             params += round(sig.params * density)
+            stored += sig.params
         if nm_asked and nm_gain < nm_asked:
             notes.append(f"N:M sparsity speeds up {nm_gain} of {nm_asked} layers on this target "
                          f"({'no N:M support' if not profile.nm else 'others are too small or grouped'})")
         key = precision_key(model_key(space.model, space.input_shape), dtype)
         calibration = profile.calibration.get(key)
         calibrated = calibration is not None and self.use_calibration
+        size_mb = params * BYTES.get(dtype, 4) / 1e6
         if calibrated:
             rows = [(n, calibration.a * ms) for n, ms in rows]
             rows.append((OFFSET_ROW, calibration.b))
+            if calibration.spill_ms_per_mb:
+                stored_mb = (params if profile.unstructured_sparsity else stored) * BYTES.get(dtype, 4) / 1e6
+                rows.append((SPILL_ROW.format(cache=calibration.cache_mb), calibration.spill_ms(stored_mb)))
         total = math.fsum(ms for _, ms in rows)
         source = profile.provenance_source
         if calibrated:
-            source += f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms ({calibration.source})"
+            spill = (f", +{calibration.spill_ms_per_mb:.4g} ms per MB of weights beyond the {calibration.cache_mb:g} MB "
+                     "cache" if calibration.spill_ms_per_mb else "")
+            source += (f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms{spill} "
+                       f"({calibration.source})")
         if dtype == "int8":
             source += "; INT8 (static quantization)"
-        elif profile.latency_model == "table":
+        if not calibrated and profile.latency_model == "table":
             source += "; no per-model calibration (sum of isolated layers)"
         return LatencyEstimate(
             latency_ms=total, provenance=profile.provenance, source=source, per_layer=tuple(rows),
             target=profile.name, calibrated=calibrated, macs=macs, params=params,
-            size_mb=params * BYTES.get(dtype, 4) / 1e6,
+            size_mb=size_mb,
             validation=profile.validation.get(key), notes=tuple(notes),
         )
 

@@ -174,6 +174,27 @@ def machine_description() -> str:
     return f"{cpu_name()} ({os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()})"
 
 
+def last_level_cache_mb() -> float | None:
+    """Size (MB, 1e6 bytes) of this machine's last-level CPU cache, from Linux sysfs; None where unknown."""
+    best = None
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMG")) * scale
+        except ValueError:
+            continue
+        if best is None or level > best[0]:
+            best = (level, size)
+    return None if best is None else round(best[1] / 1e6, 3)
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -214,7 +235,7 @@ def run_manifest(folder: Path, backend: str = "onnxruntime", threads: int | None
         "backend": backend, "threads": threads, "precision": precision, "device": machine_description(),
         "software": software_versions(backend), "date": now(), "warmup": warmup, "repeats": repeats,
         "call_overhead_ms": baseline["median_ms"] if baseline else 0.0, "results": results,
-        "models": models,
+        "models": models, "cache_mb": last_level_cache_mb(),
     }
     target = folder / RESULTS
     tmp = target.with_suffix(".json.tmp")

@@ -78,7 +78,13 @@ class NMSupport:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-model correction fitted on whole-model measurements: latency = a * sum(layers) + b (ms)."""
+    """Per-model correction fitted on whole-model measurements (ms):
+
+        latency = a * sum(layers) + b + spill_ms_per_mb * max(0, weight_mb - cache_mb)
+
+    The last term is the cost of weights that no longer fit the last-level cache: a layer timed alone keeps its
+    weights in cache between runs, a whole model bigger than the cache streams them from memory on every run.
+    """
 
     a: float
     b: float
@@ -86,6 +92,14 @@ class Calibration:
     source: str
     date: str = ""
     residual_ms: float | None = None
+    spill_ms_per_mb: float = 0.0
+    cache_mb: float | None = None
+
+    def spill_ms(self, weight_mb: float) -> float:
+        """The memory term for a model holding ``weight_mb`` MB of weights (0 without a fitted spill)."""
+        if not self.spill_ms_per_mb or self.cache_mb is None:
+            return 0.0
+        return self.spill_ms_per_mb * max(0.0, weight_mb - self.cache_mb)
 
 
 @dataclass(frozen=True)
@@ -103,11 +117,18 @@ class Validation:
     note: str = ""
     measured_range_ms: tuple[float, float] | None = None
     calibrated: bool = True
+    rounds: int = 1
+    # Share (%) of plans whose `rounds` measurements all lie within ±10% of their median: the ceiling the noise
+    # of this machine puts on `within_10_pct`. None after a single round.
+    repeatable_10_pct: float | None = None
 
     def summary(self) -> str:
+        repeat = ("" if self.repeatable_10_pct is None else
+                  f"; the measurement itself repeated within ±10% for {self.repeatable_10_pct:.0f}% of plans over "
+                  f"{self.rounds} rounds")
         return (f"validated on {self.samples} random plans: MAPE {self.mape_pct:.1f}%, "
                 f"{self.within_10_pct:.0f}% within ±10%, {self.within_5_pct:.0f}% within ±5%, "
-                f"Kendall tau {self.kendall_tau:.3f} ({self.date})")
+                f"Kendall tau {self.kendall_tau:.3f} ({self.date}){repeat}")
 
 
 @dataclass(frozen=True)

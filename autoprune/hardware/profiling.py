@@ -227,12 +227,19 @@ def build_pruned(space: SearchSpace, plan: PruningPlan) -> nn.Module:
 
 @dataclass(frozen=True)
 class PlanPoint:
-    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms)."""
+    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms), its weights (MB)."""
 
     plan: PruningPlan
     layer_sum_ms: float
     predicted_ms: float
     measured_ms: float
+    weight_mb: float = 0.0
+
+
+def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured_ms: float) -> PlanPoint:
+    """``plan`` measured at ``measured_ms``, with what ``model`` predicts for it and its weight size."""
+    estimate = model.predict(space, plan)
+    return PlanPoint(plan, model.layer_sum_ms(space, plan), estimate.latency_ms, measured_ms, estimate.size_mb)
 
 
 def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],
@@ -249,53 +256,71 @@ def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[Prun
         stats = runner.time_ort_many(items, max(profile.threads, 1), timing.warmup, timing.repeats, timing.rounds,
                                      _scaled(progress, len(plans)))
     # The median resists the bursts of a shared machine better than any mean.
-    return [PlanPoint(plan, model.layer_sum_ms(space, plan), model.predict(space, plan).latency_ms, st["median_ms"])
-            for plan, st in zip(plans, stats)]
+    return [plan_point(model, space, plan, st["median_ms"]) for plan, st in zip(plans, stats)]
 
 
-def _fit(x: np.ndarray, y: np.ndarray, form: str) -> tuple[float, float]:
-    if form == "identity":
-        return 1.0, 0.0
-    if form == "scale":
-        return float((x * y).sum() / (x * x).sum()), 0.0
-    a, b = np.polyfit(x, y, 1)
-    return float(a), float(b)
+# Calibration forms: (a, b, spill) = coefficients of (layer sum, 1, MB of weights beyond the cache).
+_FORMS = {"identity": (), "scale": (0,), "affine": (0, 1), "scale+spill": (0, 2), "affine+spill": (0, 1, 2)}
 
 
-def _loo_mape(x: np.ndarray, y: np.ndarray, form: str) -> float:
+def _fit(features: np.ndarray, y: np.ndarray, form: str) -> np.ndarray:
+    """Least-squares coefficients (a, b, spill) of ``form``; the terms a form leaves out are (1, 0, 0)-fixed."""
+    coef = np.array([1.0, 0.0, 0.0])
+    used = list(_FORMS[form])
+    if used:
+        coef[0] = 0.0
+        coef[used] = np.linalg.lstsq(features[:, used], y, rcond=None)[0]
+    return coef
+
+
+def _loo_mape(features: np.ndarray, y: np.ndarray, form: str) -> float:
     """Leave-one-out mean absolute percentage error of a calibration form: how it predicts plans it never saw."""
     errors = []
-    for i in range(len(x)):
-        keep = np.arange(len(x)) != i
-        a, b = _fit(x[keep], y[keep], form)
-        errors.append(abs(a * x[i] + b - y[i]) / y[i])
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        coef = _fit(features[keep], y[keep], form)
+        errors.append(abs(features[i] @ coef - y[i]) / y[i])
     return float(np.mean(errors))
 
 
-def fit_calibration(points: list[PlanPoint], source: str) -> Calibration:
-    """``measured = a * layer_sum + b`` over whole-model measurements, in the form that generalises best.
+def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None = None) -> Calibration:
+    """``measured = a * layer_sum + b [+ spill * MB of weights beyond the cache]`` over whole-model measurements,
+    in the form that generalises best.
 
     On a shared machine the whole-model timings carry load the table did not see, and a least-squares line
     through a dozen of them can fit that noise and predict new plans worse than the plain layer sum. So the
-    identity (a=1, b=0), a pure scale and the affine fit compete on leave-one-out error, and the winner is kept.
+    identity (a=1, b=0), a pure scale, the affine fit and — when ``cache_mb`` (the last-level cache) is known and
+    some measured models outgrow it — a scale plus a memory term compete on leave-one-out error; the winner is
+    kept. The memory term is why a model whose weights outgrow the cache is slower than the sum of its layers,
+    each of which was timed with its own weights in cache.
     """
     x = np.array([p.layer_sum_ms for p in points])
     y = np.array([p.measured_ms for p in points])
+    beyond = np.array([max(0.0, p.weight_mb - cache_mb) if cache_mb else 0.0 for p in points])
+    features = np.c_[x, np.ones_like(x), beyond]
     forms = ["identity"]
     if len(points) >= 3:
         forms.append("scale")
     if len(points) >= 4 and np.ptp(x) > 0:
         forms.append("affine")
-    scores = {form: _loo_mape(x, y, form) for form in forms} if len(points) >= 2 else {"identity": 0.0}
+    if len(points) >= 5 and (beyond > 0).sum() >= 2 and (beyond == 0).sum() >= 2:
+        forms.append("scale+spill")
+        if len(points) >= 6:
+            forms.append("affine+spill")
+    scores = {form: _loo_mape(features, y, form) for form in forms} if len(points) >= 2 else {"identity": 0.0}
+    for form in [f for f in scores if f.endswith("spill")]:
+        if _fit(features, y, form)[2] < 0:  # memory that makes models faster is noise, not a cache
+            del scores[form]
     form = min(scores, key=scores.get)
-    a, b = _fit(x, y, form)
+    a, b, spill = _fit(features, y, form)
     if a <= 0:
         raise UserError("calibration failed: measured latency does not grow with the table's layer sum; "
                         "re-measure on a quieter machine")
-    residual = float(np.sqrt(np.mean((a * x + b - y) ** 2)))
+    residual = float(np.sqrt(np.mean((features @ np.array([a, b, spill]) - y) ** 2)))
     chosen = ", ".join(f"{f} {100 * e:.1f}%" for f, e in scores.items())
-    return Calibration(round(a, 6), round(b, 6), len(points), f"{source}; form {form} (leave-one-out MAPE: {chosen})",
-                       today(), round(residual, 6))
+    return Calibration(round(float(a), 6), round(float(b), 6), len(points),
+                       f"{source}; form {form} (leave-one-out MAPE: {chosen})", today(), round(residual, 6),
+                       spill_ms_per_mb=round(float(spill), 6), cache_mb=cache_mb if spill else None)
 
 
 def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 12, seed: int = 0,
@@ -305,7 +330,8 @@ def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 12, se
     measured = measure_plans(replace(profile, calibration={}), space, plans, progress=progress, pin_cpu=pin_cpu)
     source = f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random plans, seed {seed})"
     key = model_key(space.model, space.input_shape)
-    return replace(profile, calibration={**profile.calibration, key: fit_calibration(measured, source)})
+    calibration = fit_calibration(measured, source, runner.last_level_cache_mb())
+    return replace(profile, calibration={**profile.calibration, key: calibration})
 
 
 def measure_with_calibration(space: SearchSpace, signatures: list[LayerSignature], threads: int = 1,
@@ -332,12 +358,14 @@ def measure_with_calibration(space: SearchSpace, signatures: list[LayerSignature
     return entries, overhead, plans, [st["median_ms"] for st in stats[len(signatures):]]
 
 
-def calibration_from(profile: HardwareProfile, space: SearchSpace, plans, measured_ms, source: str) -> HardwareProfile:
-    """``profile`` with the per-model calibration fitted on ``plans`` measured at ``measured_ms``."""
+def calibration_from(profile: HardwareProfile, space: SearchSpace, plans, measured_ms, source: str,
+                     cache_mb: float | None = None) -> HardwareProfile:
+    """``profile`` with the per-model calibration fitted on ``plans`` measured at ``measured_ms`` on a machine
+    whose last-level cache holds ``cache_mb`` MB."""
     model = CostModel(replace(profile, calibration={}))
-    points = [PlanPoint(plan, model.layer_sum_ms(space, plan), 0.0, ms) for plan, ms in zip(plans, measured_ms)]
+    points = [plan_point(model, space, plan, ms) for plan, ms in zip(plans, measured_ms)]
     key = model_key(space.model, space.input_shape)
-    return replace(profile, calibration={**profile.calibration, key: fit_calibration(points, source)})
+    return replace(profile, calibration={**profile.calibration, key: fit_calibration(points, source, cache_mb)})
 
 
 def kendall_tau(a, b) -> float:
@@ -361,21 +389,38 @@ def score(points: list[PlanPoint], command: str = "", note: str = "") -> Validat
 
 
 def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, seed: int = 1000,
-             progress: Progress | None = None, command: str = "",
-             pin_cpu: int | None = None) -> tuple[HardwareProfile, Validation, list[PlanPoint]]:
+             progress: Progress | None = None, command: str = "", pin_cpu: int | None = None,
+             rounds: int = 1) -> tuple[HardwareProfile, Validation, list[PlanPoint]]:
     """Measure ``samples`` random plans (seed distinct from calibration's) and store the score in the profile.
 
-    Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs.
+    Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs. With
+    ``rounds`` > 1 the whole measurement is repeated that many times, one after the other; each plan is scored on
+    the median of its rounds, and the validation records how repeatable the measurement itself was: the share of
+    plans whose rounds all lie within ±10% of their median. On a machine whose cache or cores are shared with
+    other tenants that share bounds what any cost model can score.
     """
     if profile.runtime != "onnxruntime":
         raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
                         "onnxruntime on this machine, so it can only validate onnxruntime CPU profiles here")
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
     plans = random_plans(space, samples, seed, profile.alignment)
-    points = measure_plans(profile, space, plans, progress=progress, pin_cpu=pin_cpu)
+    measured = []
+    for r in range(rounds):
+        shifted = None if progress is None else (lambda done, total, r=r: progress(r * total + done, rounds * total))
+        measured.append(measure_plans(profile, space, plans, progress=shifted, pin_cpu=pin_cpu))
+    per_plan = np.array([[p.measured_ms for p in round_points] for round_points in measured])  # rounds x plans
+    median = np.median(per_plan, axis=0)
+    points = [replace(p, measured_ms=float(m)) for p, m in zip(measured[0], median)]
     key = model_key(space.model, space.input_shape)
-    calibrated = key in profile.calibration
-    result = replace(score(points, command, "random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
-                           "measured = median of 300 onnxruntime runs in 10 interleaved passes"), calibrated=calibrated)
+    how = "measured = median of 300 onnxruntime runs in 10 interleaved passes"
+    if rounds > 1:
+        how += f", then the median of {rounds} such rounds run one after the other"
+    result = replace(score(points, command, f"random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
+                                            f"{how}"), calibrated=key in profile.calibration, rounds=rounds)
+    if rounds > 1:
+        spread = np.abs(per_plan - median).max(axis=0) / median
+        result = replace(result, repeatable_10_pct=round(float((spread <= 0.10).mean() * 100), 2))
     return replace(profile, validation={**profile.validation, key: result}), result, points
 
 
@@ -452,9 +497,10 @@ def import_results(results_path: Path, name: str, base: HardwareProfile | None =
     profile = replace(profile, precision=manifest["precision"])
     if results.get("models") and space is not None:
         model = CostModel(replace(profile, calibration={}))
-        points = [PlanPoint(PruningPlan.from_dict(m["plan"]), model.layer_sum_ms(space, PruningPlan.from_dict(m["plan"])),
-                            0.0, m["median_ms"] - 0.0) for m in results["models"]]
-        calibration = fit_calibration(points, f"fitted on {len(points)} whole-model measurements on the device")
+        points = [plan_point(model, space, PruningPlan.from_dict(m["plan"]), m["median_ms"])
+                  for m in results["models"]]
+        calibration = fit_calibration(points, f"fitted on {len(points)} whole-model measurements on the device",
+                                      results.get("cache_mb"))
         profile = replace(profile, calibration={**profile.calibration,
                                                 model_key(space.model, space.input_shape): calibration})
     return profile

@@ -202,21 +202,30 @@ def _check_per_model(c: _Checker, value: Any, path: str, check: Callable) -> Non
 
 
 def _check_calibration(c: _Checker, value: Any, path: str) -> None:
-    c.mapping(value, path, required=("a", "b", "points", "source"), optional=("date", "residual_ms"))
+    c.mapping(value, path, required=("a", "b", "points", "source"),
+              optional=("date", "residual_ms", "spill_ms_per_mb", "cache_mb"))
     c.number(value["a"], f"{path}.a", 0.0, exclusive=True)
     c.number(value["b"], f"{path}.b", None)
     c.integer(value["points"], f"{path}.points", 1)
     c.string(value["source"], f"{path}.source")
     if "residual_ms" in value:
         c.number(value["residual_ms"], f"{path}.residual_ms")
+    for name in ("spill_ms_per_mb", "cache_mb"):
+        if name in value:
+            c.number(value[name], f"{path}.{name}", 0.0)
 
 
 def _check_validation(c: _Checker, value: Any, path: str) -> None:
     c.mapping(value, path, required=("samples", "mape_pct", "within_5_pct", "within_10_pct", "kendall_tau", "date"),
-              optional=("machine", "command", "note", "measured_range_ms", "calibrated"))
+              optional=("machine", "command", "note", "measured_range_ms", "calibrated", "rounds",
+                        "repeatable_10_pct"))
     c.integer(value["samples"], f"{path}.samples", 1)
     c.number(value["mape_pct"], f"{path}.mape_pct")
-    for key in ("within_5_pct", "within_10_pct"):
+    if "rounds" in value:
+        c.integer(value["rounds"], f"{path}.rounds", 1)
+    for key in ("within_5_pct", "within_10_pct", "repeatable_10_pct"):
+        if key not in value:
+            continue
         pct = c.number(value[key], f"{path}.{key}")
         if pct > 100:
             c._raise(f"{path}.{key}", "a percentage in [0, 100]", pct)

@@ -89,6 +89,24 @@ def test_calibration_is_a_times_sum_plus_b(resnet_space):
     assert "no per-model calibration" in CostModel(raw).predict(resnet_space, plan).source
 
 
+def test_memory_term_prices_weights_beyond_the_cache(resnet_space):
+    raw = table_profile(resnet_space)
+    dense = PruningPlan(alignment=16)
+    half = PruningPlan.uniform(resnet_space.group_names, 0.5, alignment=16)
+    cal = Calibration(1.0, 0.0, 5, "test", spill_ms_per_mb=0.01, cache_mb=20.0)
+    model = CostModel(dataclasses.replace(raw, calibration={"resnet18@1x3x32x32": cal}))
+    big, small = model.predict(resnet_space, dense), model.predict(resnet_space, half)
+    assert big.size_mb > 40 and small.size_mb < 20  # ResNet-18 fp32: 44.7 MB dense, about a quarter at half width
+    name, spill = big.per_layer[-1]
+    assert "beyond the 20 MB cache" in name and spill == pytest.approx(0.01 * (big.size_mb - 20.0))
+    assert small.per_layer[-1][1] == 0.0
+    assert big.latency_ms == pytest.approx(math.fsum(ms for _, ms in big.per_layer))
+    assert "0.01 ms per MB of weights beyond the 20 MB cache" in big.source
+    # Unstructured zeros are still read on a dense target: they do not shrink the memory term.
+    sparse = dataclasses.replace(dense, global_sparsity=0.5)
+    assert model.predict(resnet_space, sparse).per_layer[-1][1] == pytest.approx(spill)
+
+
 def test_pruning_lowers_predicted_latency_monotonically(resnet_space):
     model = CostModel(table_profile(resnet_space))
     values = [model.predict(resnet_space, PruningPlan.uniform(resnet_space.group_names, r, alignment=16)).latency_ms

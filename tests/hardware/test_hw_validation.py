@@ -44,6 +44,26 @@ def test_calibration_that_would_fit_noise_falls_back_to_the_layer_sum():
     assert "form identity" in cal.source
 
 
+def test_models_outgrowing_the_cache_fit_a_memory_term():
+    # Layers timed alone keep their weights in a 32 MB cache; whole models bigger than that pay 0.01 ms per MB
+    # streamed from memory. A scale or a line cannot bend at the cache size; the memory term can, and wins.
+    sizes = (4, 8, 12, 16, 20, 24, 28, 30, 34, 38, 42, 46)
+    points = [PlanPoint(PruningPlan(), mb / 100, 0.0, 1.05 * mb / 100 + 0.01 * max(0, mb - 32), weight_mb=mb)
+              for mb in sizes]
+    cal = fit_calibration(points, "test", cache_mb=32.0)
+    assert "form scale+spill" in cal.source and (cal.a, cal.cache_mb) == (pytest.approx(1.05), 32.0)
+    assert cal.spill_ms_per_mb == pytest.approx(0.01) and cal.spill_ms(40.0) == pytest.approx(0.08)
+    # Without a known cache size (or with no model beyond it) the term is not offered.
+    assert "spill" not in fit_calibration(points, "test").source
+    small = [p for p in points if p.weight_mb < 32]
+    assert "spill" not in fit_calibration(small, "test", cache_mb=32.0).source
+    # A "memory term" that would make bigger models faster is noise, and is refused.
+    faster = [dataclasses.replace(p, measured_ms=1.05 * p.layer_sum_ms - 0.01 * max(0, p.weight_mb - 32))
+              for p in points]
+    refused = fit_calibration(faster, "test", cache_mb=32.0)
+    assert refused.spill_ms_per_mb == 0.0 and refused.cache_mb is None and refused.spill_ms(46.0) == 0.0
+
+
 def test_random_plans_are_reproducible_and_span_the_range(resnet_space):
     plans = random_plans(resnet_space, 20, seed=3, alignment=16)
     assert plans == random_plans(resnet_space, 20, seed=3, alignment=16)
@@ -60,8 +80,13 @@ def test_validation_run_on_a_tiny_grid(tmp_path, resnet_space):
     profile = calibrate(profile, resnet_space, points=3)
     cal = profile.calibration["resnet18@1x3x32x32"]
     assert cal.points == 3 and cal.a > 0
-    profile, result, points = validate(profile, resnet_space, samples=4, seed=7)
-    assert result.samples == 4 and len(points) == 4 and result.calibrated
+    seen = []
+    profile, result, points = validate(profile, resnet_space, samples=4, seed=7, rounds=2,
+                                       progress=lambda done, total: seen.append((done, total)))
+    assert result.samples == 4 and len(points) == 4 and result.calibrated and result.rounds == 2
+    # Two rounds, one after the other, on one progress bar; the measurement's own repeatability is recorded.
+    assert seen[-1] == (8, 8) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert 0 <= result.repeatable_10_pct <= 100 and "over 2 rounds" in result.summary()
     assert 0 <= result.within_5_pct <= result.within_10_pct <= 100 and -1 <= result.kendall_tau <= 1
     errors = [abs(p.predicted_ms - p.measured_ms) / p.measured_ms for p in points]
     assert result.mape_pct == pytest.approx(100 * sum(errors) / 4, abs=1e-3)
@@ -69,4 +94,5 @@ def test_validation_run_on_a_tiny_grid(tmp_path, resnet_space):
     path = save_profile(profile, tmp_path / "tiny.yaml")
     estimate = CostModel(load_profile(path)).predict(resnet_space, PruningPlan(alignment=16))
     assert estimate.validation is not None and estimate.validation.samples == 4
+    assert estimate.validation.repeatable_10_pct == result.repeatable_10_pct
     assert "MAPE" in estimate.validation.summary()
