@@ -230,6 +230,9 @@ class Evaluator:
         model = pruned.model
         torch.manual_seed(s.seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=s.finetune_lr, momentum=0.9, weight_decay=5e-4)
+        # Cosine decay to zero over the whole budget: a brief fine-tune that ends at full learning rate ends at a
+        # random point of SGD's noise, which can score below the proxy it started from.
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, s.finetune_steps))
         checks = max(1, min(s.finetune_checks, s.finetune_steps))
         bounds = [round(s.finetune_steps * (k + 1) / checks) for k in range(checks)]
         batches = cycle(train)
@@ -249,6 +252,7 @@ class Evaluator:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 if pruned.masks:
                     pruned.masks.apply(model)
                 spent += 1
