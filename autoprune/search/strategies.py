@@ -264,20 +264,57 @@ class Strategy(abc.ABC):
         ratio = lowest + (top - lowest) * len(made) / count  # never ``top`` itself: that is the dense model
         self._enqueue(study, self._uniform_ratios(ratio), {"warm_start_keep": round(ratio, 6)})
 
+    def spread_start(self, study: optuna.Study, count: int, jitter: float = 0.15) -> None:
+        """After the uniform warm start, enqueue ``count`` exploratory plans in place of the sampler's random
+        start-up draws: plan k takes an overall keep level from the k-th of ``count`` equal slices of
+        [smallest ratio, largest feasible ratio] and scatters each group's ratio ± ``jitter`` around it.
+
+        Independent per-group draws average out to mid-size models (a sum of independent choices), so the
+        start-up population of a short search covers only the middle of the latency range; these cover all of
+        it, and still differ from one group to the next. Seeded; plans over the cost limits are redrawn.
+        Resumes count plans already made."""
+        made = [t for t in study.get_trials(deepcopy=False) if "spread_start_level" in t.user_attrs
+                and t.user_attrs.get("strategy", self.name) == self.name]
+        if count <= 0 or len(made) >= count:
+            return
+        k = len(made)
+        rng = random.Random(f"{self.name}/{self.seed}/spread/{k}")
+        lowest, top = self.lowest_uniform(), self.highest_uniform()
+        ratios: dict[str, float] = {}
+        for _ in range(100):
+            level = lowest + (top - lowest) * (k + rng.random()) / count
+            ratios = {g.name: _snap(g, level + rng.uniform(-jitter, jitter)) for g in searched_groups(self.space)}
+            if self._cost_feasible(ratios):
+                break
+        else:
+            ratios = self._uniform_ratios(level)
+        self._enqueue(study, ratios, {"spread_start_level": round(level, 6)})
+
+    def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
+        """The uniform warm start first, then the spread start-up plans (one enqueued per ask)."""
+        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        self.warm_start(study, uniform)
+        if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) == before:
+            self.spread_start(study, spread)
+
 
 class TPEStrategy(Strategy):
     """Optuna's multi-objective TPE (accuracy ↑, latency ↓, optionally size ↓), told the constraints."""
 
     name = "tpe"
 
+    def startup_trials(self) -> int:
+        return max(4, min(10, self.trials // 3))
+
     def sampler(self) -> optuna.samplers.BaseSampler:
-        startup = max(4, min(10, self.trials // 3))
         return optuna.samplers.TPESampler(
-            seed=self.seed, n_startup_trials=startup, multivariate=True, constant_liar=self.workers > 1,
+            seed=self.seed, n_startup_trials=self.startup_trials(), multivariate=True,
+            constant_liar=self.workers > 1,
         )
 
     def before_ask(self, study: optuna.Study) -> None:
-        self.warm_start(study, warm_start_count(self.trials))
+        uniform = warm_start_count(self.trials)
+        self.seed_trials(study, uniform, self.startup_trials() - uniform if uniform else 0)
 
 
 class NSGA2Strategy(Strategy):
@@ -295,7 +332,8 @@ class NSGA2Strategy(Strategy):
         )
 
     def before_ask(self, study: optuna.Study) -> None:
-        self.warm_start(study, min(warm_start_count(self.trials), self.population_size() // 2))
+        uniform = min(warm_start_count(self.trials), self.population_size() // 2)
+        self.seed_trials(study, uniform, self.population_size() - uniform if uniform else 0)
 
 
 class EvolutionStrategy(NSGA2Strategy):

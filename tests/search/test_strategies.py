@@ -144,6 +144,25 @@ def test_learned_strategies_start_from_uniform_plans_spread_down_to_the_smallest
     assert len([t for t in again.trials if "warm_start_keep" in t.user_attrs]) == 2
 
 
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_start_up_plans_cover_the_latency_range_unlike_independent_draws(name):
+    problem = SyntheticProblem(groups=8, seed=0)
+    study, _ = _run(name, 30, problem=problem)
+    spread = [t for t in study.trials if "spread_start_level" in t.user_attrs]
+    # After the 3 uniform seeds: the rest of TPE's 10 start-up trials / NSGA-II's first generation of 10.
+    assert len(spread) == 7 and [t.number for t in spread] == list(range(3, 10))
+    levels = [t.user_attrs["spread_start_level"] for t in spread]
+    assert levels == sorted(levels) and levels[-1] - levels[0] > 0.5
+    assert all(len(set(t.params.values())) > 1 for t in spread)  # groups differ: not another uniform plan
+    lat = [t.user_attrs["latency_ms"] for t in spread]
+    rnd, _ = _run("random", 30, problem=problem)
+    drawn = [t.user_attrs["latency_ms"] for t in rnd.trials[:7]]
+    assert max(lat) - min(lat) > 1.5 * (max(drawn) - min(drawn))
+    # Resuming makes no more of them.
+    again, _ = _run(name, 34, study=study, problem=problem)
+    assert len([t for t in again.trials if "spread_start_level" in t.user_attrs]) == 7
+
+
 def test_rl_warm_up_spreads_budgets_from_the_fastest_plan_up():
     problem = SyntheticProblem(groups=6, seed=0)
     study, _ = _run("rl", 16, problem=problem)
