@@ -14,3 +14,4 @@ $PY bench/eval_cost.py --plans 20 --finetune-steps 30
 $PY bench/ray_scaling.py --trials 8 --finetune-steps 30 --workers 1 2
 $PY bench/headline.py --strategy tpe --trials 12 --epochs 3
 $PY bench/search_quality.py --trials 30 --seeds 0 1 2 --finetune-steps 30
+$PY bench/search_quality.py --trials 30 --seeds 0 1 2 --finetune-steps 0 --name search_quality_proxy
