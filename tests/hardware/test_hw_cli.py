@@ -51,6 +51,8 @@ def test_latency_of_a_plan_file_is_lower(capsys, tmp_path, resnet_space):
         (("latency", "--model", "resnet18", "--target", "jetsn"), "did you mean 'jetson'"),
         (("profile", "validate", "--target", "jetson", "--model", "resnet18", "--samples", "3"),
          "can only validate onnxruntime"),
+        (("profile", "validate", "--target", "cpu", "--model", "resnet18", "--rounds", "0"),
+         "--rounds must be at least 1"),
         (("profile", "run", "/nonexistent-bundle"), "has no manifest.json"),
         (("latency", "--model", "resnet18", "--input-shape", "1x3x32"), "--input-shape '1x3x32' is malformed"),
         (("profile", "measure", "--model", "resnet18", "--out", "/nonexistent/p.yaml", "--precision", "int8"),
