@@ -309,6 +309,9 @@ def profile_import(
     err_console.print(f"wrote {out}: {len(profile.entries)} entries ({profile.provenance_source})")
 
 
+NOISY_BELOW_PCT = 90.0  # validate --rounds: below this share of repeatable plans, the machine is too noisy to judge
+
+
 @profile_app.command("validate")
 def profile_validate(
     target: str = typer.Option(..., "--target"),
@@ -346,6 +349,10 @@ def profile_validate(
                                                for p in points]})
         return
     out_console.print(f"{profile.name}: {result.summary()}")
+    if result.repeatable_10_pct is not None and result.repeatable_10_pct < NOISY_BELOW_PCT:
+        err_console.print(f"warning: this machine repeated its own measurements within ±10% for only "
+                          f"{result.repeatable_10_pct:.0f}% of the plans, so the score above is bounded by its noise, "
+                          "not by the cost model; stop other work on it (or re-validate at a quieter time)")
 
 
 def register(app: typer.Typer) -> None:

@@ -110,3 +110,31 @@ def test_measure_fp32_then_int8_on_this_host(capsys, tmp_path):
     code, out_json, _ = _run(capsys, "latency", "--model", "resnet18", "--target", str(out), "--input-shape",
                              "1x3x16x16", "--json")
     assert code == 0 and json.loads(out_json)["latency_ms"] > 0
+
+
+@pytest.mark.parametrize(("repeatable", "warned"), [(60.0, True), (96.0, False)])
+def test_validate_warns_when_the_machine_cannot_repeat_its_own_measurements(capsys, tmp_path, monkeypatch,
+                                                                           repeatable, warned):
+    import dataclasses
+    import shutil
+
+    from autoprune.hardware import profiling
+    from autoprune.hardware.profile import Validation
+
+    target = tmp_path / "host.yaml"
+    shutil.copy(load_profile("cpu").path.strip("'"), target)
+    result = Validation(samples=2, mape_pct=4.0, within_5_pct=50.0, within_10_pct=100.0, kendall_tau=1.0,
+                        date="today", rounds=3, repeatable_10_pct=repeatable)
+    asked = {}
+
+    def fake_validate(profile, space, samples, seed, progress, command, pin_cpu, rounds):  # no timing in a unit test
+        asked.update(rounds=rounds, command=command)
+        return dataclasses.replace(profile, validation={"resnet18@1x3x32x32": result}), result, []
+
+    monkeypatch.setattr(profiling, "validate", fake_validate)
+    code, out, err = _run(capsys, "profile", "validate", "--target", str(target), "--model", "resnet18",
+                          "--samples", "2", "--rounds", "3")
+    assert code == 0 and asked["rounds"] == 3 and "--rounds 3" in asked["command"]
+    assert f"repeated within ±10% for {repeatable:.0f}% of plans over 3 rounds" in " ".join(out.split())
+    assert ("warning: this machine repeated its own measurements" in err) is warned
+    assert load_profile(str(target)).validation["resnet18@1x3x32x32"].repeatable_10_pct == repeatable
