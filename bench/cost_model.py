@@ -64,6 +64,7 @@ def main() -> None:
     load_predict = _common.loadavg()
 
     errors = [abs(p.predicted_ms - p.measured_ms) / p.measured_ms * 100 for p in points]
+    calibration = profile.calibration.get(result_key(space))
     data = {
         "environment": env,
         "profile": profile.name, "profile_provenance": profile.provenance, "model": args.model,
@@ -72,7 +73,7 @@ def main() -> None:
         "kendall_tau": result.kendall_tau, "max_abs_error_pct": round(max(errors), 2),
         "measured_range_ms": result.measured_range_ms, "calibrated": result.calibrated,
         "rounds": result.rounds, "repeatable_10_pct": result.repeatable_10_pct,
-        "calibration": {k: v for k, v in vars(profile.calibration[result_key(space)]).items()},
+        "calibration": vars(calibration) if calibration else None,
         "validate_seconds": round(validate_s, 1), "loadavg_after_validate": load_validate,
         "predict_us_per_plan": {"runs": [round(x, 1) for x in per_plan], "min": round(min(per_plan), 1),
                                 "median": round(statistics.median(per_plan), 1), "plans": len(plans),
@@ -98,7 +99,7 @@ median of {result.rounds} such rounds run one after the other).
 | measured range | {result.measured_range_ms[0]:.3f}–{result.measured_range_ms[1]:.3f} ms |
 | prediction time per plan | {min(per_plan):.0f} µs (best of 3 passes over {len(plans)} plans; median {statistics.median(per_plan):.0f} µs) |
 
-The profile's calibration for this model: {profile.calibration[result_key(space)].source}.
+The profile's calibration for this model: {calibration.source if calibration else "none (the sum of isolated layers)"}.
 
 Load average (1 min) while measuring: {data['load_average']}; after validation {load_validate}, during the
 prediction timing {load_predict}: {_common.load_sentence(data['load_average']['mean'])}.

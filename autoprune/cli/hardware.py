@@ -321,8 +321,9 @@ def profile_validate(
     seed: int = typer.Option(1000, "--seed"),
     num_classes: int = typer.Option(10, "--num-classes"),
     pin_cpu: int = typer.Option(None, "--pin-cpu"),
-    rounds: int = typer.Option(1, "--rounds", help="repeat the measurement this many times; score the median and "
-                               "report how repeatable the measurement itself was (the noise ceiling)."),
+    rounds: int = typer.Option(1, "--rounds", help="repeat the measurement this many times and score the median; "
+                               "from 3 on, also report how repeatable the measurement itself was (the noise "
+                               "ceiling)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Measure N random plans here and score the cost model (MAPE, ±5/±10%, Kendall tau); store it in the profile."""

@@ -56,6 +56,7 @@ class LatencyEstimate:
     macs: int = 0
     params: int = 0
     size_mb: float = 0.0
+    stored_mb: float = 0.0  # weights the runtime reads: zeros included on a dense target (the memory term's input)
     validation: Validation | None = None
     notes: tuple[str, ...] = ()
 
@@ -242,11 +243,11 @@ class CostModel:
         calibration = profile.calibration.get(key)
         calibrated = calibration is not None and self.use_calibration
         size_mb = params * BYTES.get(dtype, 4) / 1e6
+        stored_mb = (params if profile.unstructured_sparsity else stored) * BYTES.get(dtype, 4) / 1e6
         if calibrated:
             rows = [(n, calibration.a * ms) for n, ms in rows]
             rows.append((OFFSET_ROW, calibration.b))
             if calibration.spill_ms_per_mb:
-                stored_mb = (params if profile.unstructured_sparsity else stored) * BYTES.get(dtype, 4) / 1e6
                 rows.append((SPILL_ROW.format(cache=calibration.cache_mb), calibration.spill_ms(stored_mb)))
         total = math.fsum(ms for _, ms in rows)
         source = profile.provenance_source
@@ -262,7 +263,7 @@ class CostModel:
         return LatencyEstimate(
             latency_ms=total, provenance=profile.provenance, source=source, per_layer=tuple(rows),
             target=profile.name, calibrated=calibrated, macs=macs, params=params,
-            size_mb=size_mb,
+            size_mb=size_mb, stored_mb=stored_mb,
             validation=profile.validation.get(key), notes=tuple(notes),
         )
 

@@ -193,7 +193,7 @@ class HardwareProfile:
             "sparsity": {"unstructured": self.unstructured_sparsity,
                          "nm": [_nm_dict(s) for s in self.nm]},
             "caveats": list(self.caveats),
-            "calibration": {k: _drop_none(vars(v)) for k, v in self.calibration.items()},
+            "calibration": {k: _calibration_dict(v) for k, v in self.calibration.items()},
             "validation": {k: _validation_dict(v) for k, v in self.validation.items()},
             "latency": latency,
         }
@@ -207,10 +207,20 @@ def _nm_dict(s: NMSupport) -> dict:
     return d
 
 
+def _calibration_dict(c: Calibration) -> dict:
+    d = _drop_none(vars(c))
+    if not c.spill_ms_per_mb:  # no memory term: write the record as versions without one read it
+        d.pop("spill_ms_per_mb", None)
+        d.pop("cache_mb", None)
+    return d
+
+
 def _validation_dict(v: Validation) -> dict:
     d = _drop_none(vars(v))
     if v.measured_range_ms is not None:
         d["measured_range_ms"] = list(v.measured_range_ms)
+    if v.rounds == 1:
+        d.pop("rounds")
     return d
 
 

@@ -239,7 +239,7 @@ class PlanPoint:
 def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured_ms: float) -> PlanPoint:
     """``plan`` measured at ``measured_ms``, with what ``model`` predicts for it and its weight size."""
     estimate = model.predict(space, plan)
-    return PlanPoint(plan, model.layer_sum_ms(space, plan), estimate.latency_ms, measured_ms, estimate.size_mb)
+    return PlanPoint(plan, model.layer_sum_ms(space, plan), estimate.latency_ms, measured_ms, estimate.stored_mb)
 
 
 def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],
@@ -305,11 +305,12 @@ def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None
         forms.append("affine")
     if len(points) >= 5 and (beyond > 0).sum() >= 2 and (beyond == 0).sum() >= 2:
         forms.append("scale+spill")
-        if len(points) >= 6:
+        if len(points) >= 6 and np.ptp(x) > 0:
             forms.append("affine+spill")
     scores = {form: _loo_mape(features, y, form) for form in forms} if len(points) >= 2 else {"identity": 0.0}
     for form in [f for f in scores if f.endswith("spill")]:
-        if _fit(features, y, form)[2] < 0:  # memory that makes models faster is noise, not a cache
+        a, _, spill = _fit(features, y, form)
+        if spill < 0 or a <= 0:  # memory that makes models faster, or a term that ate the slope: noise, not a cache
             del scores[form]
     form = min(scores, key=scores.get)
     a, b, spill = _fit(features, y, form)
@@ -395,8 +396,8 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
 
     Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs. With
     ``rounds`` > 1 the whole measurement is repeated that many times, one after the other; each plan is scored on
-    the median of its rounds, and the validation records how repeatable the measurement itself was: the share of
-    plans whose rounds all lie within ±10% of their median. On a machine whose cache or cores are shared with
+    the median of its rounds, and from three rounds on the validation records how repeatable the measurement
+    itself was: the share of plans whose rounds all lie within ±10% of their median. On a machine whose cache or cores are shared with
     other tenants that share bounds what any cost model can score.
     """
     if profile.runtime != "onnxruntime":
@@ -418,7 +419,7 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
         how += f", then the median of {rounds} such rounds run one after the other"
     result = replace(score(points, command, f"random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
                                             f"{how}"), calibrated=key in profile.calibration, rounds=rounds)
-    if rounds > 1:
+    if rounds >= 3:  # with two rounds the median is their mean and "within ±10% of it" allows 20% between them
         spread = np.abs(per_plan - median).max(axis=0) / median
         result = replace(result, repeatable_10_pct=round(float((spread <= 0.10).mean() * 100), 2))
     return replace(profile, validation={**profile.validation, key: result}), result, points

@@ -213,6 +213,8 @@ def _check_calibration(c: _Checker, value: Any, path: str) -> None:
     for name in ("spill_ms_per_mb", "cache_mb"):
         if name in value:
             c.number(value[name], f"{path}.{name}", 0.0)
+    if value.get("spill_ms_per_mb") and "cache_mb" not in value:
+        c._raise(f"{path}.cache_mb", "the cache size (MB) the memory term spill_ms_per_mb counts from", "nothing")
 
 
 def _check_validation(c: _Checker, value: Any, path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -90,3 +91,26 @@ def test_shipped_profiles_validate_and_aliases_resolve():
 def test_unknown_target_suggests_close_matches():
     with pytest.raises(UserError, match="did you mean 'jetson'"):
         load_profile("jetsn")
+
+
+def test_calibration_memory_term_round_trips_and_needs_its_cache_size(valid):
+    from autoprune.hardware.profile import Calibration, Validation
+
+    plain = {"a": 1.05, "b": 0.0, "points": 30, "source": "fit"}  # as written before the memory term existed
+    data = copy.deepcopy(valid)
+    data["calibration"] = {"resnet18@1x3x32x32": dict(plain)}
+    old = profile_from_dict(data, "'x.yaml'").calibration["resnet18@1x3x32x32"]
+    assert old.spill_ms_per_mb == 0.0 and old.cache_mb is None and old.spill_ms(80.0) == 0.0
+    # Records without a memory term (and single-round validations) are written as older versions read them.
+    profile = profile_from_dict(data, "'x.yaml'")
+    written = dataclasses.replace(profile, validation={"k": Validation(2, 1.0, 100.0, 100.0, 1.0, "today")}).to_dict()
+    assert "spill_ms_per_mb" not in written["calibration"]["resnet18@1x3x32x32"]
+    assert "cache_mb" not in written["calibration"]["resnet18@1x3x32x32"] and "rounds" not in written["validation"]["k"]
+    spilled = dataclasses.replace(profile, calibration={"k": Calibration(1.0, 0.0, 30, "fit", spill_ms_per_mb=0.01,
+                                                                         cache_mb=33.5)})
+    again = profile_from_dict(spilled.to_dict(), "'x.yaml'").calibration["k"]
+    assert (again.spill_ms_per_mb, again.cache_mb) == (0.01, 33.5)
+    data["calibration"]["resnet18@1x3x32x32"]["spill_ms_per_mb"] = 0.01
+    assert "'calibration.resnet18@1x3x32x32.cache_mb'" in _error(data)
+    data["calibration"]["resnet18@1x3x32x32"]["cache_mb"] = -1
+    assert "a finite number >= 0.0" in _error(data)

@@ -171,3 +171,13 @@ def test_rl_warm_up_spreads_budgets_from_the_fastest_plan_up():
     first = study.trials[0]
     assert all(v == pytest.approx(g.min_keep) for g, v in zip(problem.space.groups, first.params.values()))
     assert first.user_attrs["latency_ms"] == pytest.approx(min(t.user_attrs["latency_ms"] for t in study.trials))
+
+
+def test_a_study_resumed_past_its_start_up_gets_no_spread_plans():
+    problem = SyntheticProblem(groups=8, seed=0)
+    study, _ = _run("tpe", 12, problem=problem)  # 12 trials: 4 start-up trials, 2 of them spread
+    assert len([t for t in study.trials if "spread_start_level" in t.user_attrs]) == 2
+    # Resumed with --trials 40 its start-up would be 10 trials, but 12 have run: no spread plans mid-search.
+    again, _ = _run("tpe", 40, study=study, problem=problem)
+    assert len(again.trials) == 40
+    assert len([t for t in again.trials if "spread_start_level" in t.user_attrs]) == 2
