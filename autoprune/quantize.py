@@ -201,9 +201,9 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     merged = replace(profile, entries=merge_entries(profile.entries, entries))
     table = CostModel(replace(merged, calibration={}))
     points = [plan_point(table, space, p, ms) for p, ms in zip(calib_plans, model_stats)]
-    calibration = fit_calibration(points, f"fitted on {len(points)} whole-model onnxruntime INT8 (QDQ) measurements "
-                                  "(dense + random plans, seed 0) timed in the same interleaved passes as the INT8 table",
-                                  runner.last_level_cache_mb())
+    source = (f"fitted on {len(points)} whole-model onnxruntime INT8 (QDQ) measurements (dense + random plans, "
+              "seed 0) timed in the same interleaved passes as the INT8 table")
+    calibration = fit_calibration(points, source, runner.last_level_cache_mb())
     calibrated = replace(merged, calibration={**merged.calibration, key: calibration})
     predictor = CostModel(calibrated)
     checked = [PlanPoint(p, 0.0, predictor.predict(space, p).latency_ms, ms)

@@ -252,8 +252,10 @@ class CostModel:
         total = math.fsum(ms for _, ms in rows)
         source = profile.provenance_source
         if calibrated:
-            spill = (f", +{calibration.spill_ms_per_mb:.4g} ms per MB of weights beyond the {calibration.cache_mb:g} MB "
-                     "cache" if calibration.spill_ms_per_mb else "")
+            spill = ""
+            if calibration.spill_ms_per_mb:
+                spill = (f", +{calibration.spill_ms_per_mb:.4g} ms per MB of weights beyond the "
+                         f"{calibration.cache_mb:g} MB cache")
             source += (f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms{spill} "
                        f"({calibration.source})")
         if dtype == "int8":

@@ -290,8 +290,8 @@ def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None
     On a shared machine the whole-model timings carry load the table did not see, and a least-squares line
     through a dozen of them can fit that noise and predict new plans worse than the plain layer sum. So the
     identity (a=1, b=0), a pure scale, the affine fit and — when ``cache_mb`` (the last-level cache) is known and
-    some measured models outgrow it — a scale plus a memory term compete on leave-one-out error; the winner is
-    kept. The memory term is why a model whose weights outgrow the cache is slower than the sum of its layers,
+    some measured models outgrow it — the scale or affine fit plus a memory term compete on leave-one-out error;
+    the winner is kept. The memory term is why a model whose weights outgrow the cache is slower than the sum of its layers,
     each of which was timed with its own weights in cache.
     """
     x = np.array([p.layer_sum_ms for p in points])
@@ -397,8 +397,8 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
     Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs. With
     ``rounds`` > 1 the whole measurement is repeated that many times, one after the other; each plan is scored on
     the median of its rounds, and from three rounds on the validation records how repeatable the measurement
-    itself was: the share of plans whose rounds all lie within ±10% of their median. On a machine whose cache or cores are shared with
-    other tenants that share bounds what any cost model can score.
+    itself was: the share of plans whose rounds all lie within ±10% of their median. On a machine whose cache
+    or cores are shared with other tenants, that share bounds what any cost model can score.
     """
     if profile.runtime != "onnxruntime":
         raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
