@@ -291,12 +291,13 @@ class Strategy(abc.ABC):
         self._enqueue(study, ratios, {"spread_start_level": round(level, 6)})
 
     def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
-        """The uniform warm start first, then the spread start-up plans (one enqueued per ask). Spread plans
-        only fill the study's first ``uniform + spread`` trials: a study resumed past its start-up (one made
-        before spread plans existed, or resumed with a larger --trials) gets none in the middle of its search."""
+        """The uniform warm start first, then the spread start-up plans (one enqueued per ask). Both only fill
+        the study's first ``uniform + spread`` trials: a study resumed past its start-up (one made before spread
+        plans existed, or resumed with a larger --trials) gets none in the middle of its search."""
         trials = study.get_trials(deepcopy=False)
         before = sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING)
-        self.warm_start(study, uniform)
+        if len(trials) < uniform:
+            self.warm_start(study, uniform)
         trials = study.get_trials(deepcopy=False)
         if sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING) == before \
                 and len(trials) < uniform + spread:

@@ -181,3 +181,4 @@ def test_a_study_resumed_past_its_start_up_gets_no_spread_plans():
     again, _ = _run("tpe", 40, study=study, problem=problem)
     assert len(again.trials) == 40
     assert len([t for t in again.trials if "spread_start_level" in t.user_attrs]) == 2
+    assert len([t for t in again.trials if "warm_start_keep" in t.user_attrs]) == 2  # nor uniform seeds (4 at 40)
