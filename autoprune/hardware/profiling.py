@@ -242,16 +242,20 @@ def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured
     return PlanPoint(plan, model.layer_sum_ms(space, plan), estimate.latency_ms, measured_ms, estimate.stored_mb)
 
 
+def plan_items(space: SearchSpace, plans: list[PruningPlan]) -> list[tuple[bytes, tuple[int, ...]]]:
+    """Each plan's pruned model as ONNX bytes with its input shape: what a whole-model measurement runs."""
+    from autoprune.onnx_export import onnx_bytes
+
+    return [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
+
+
 def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],
                   timing: Timing = Timing(30, 300, 10), progress: Progress | None = None,
-                  pin_cpu: int | None = None) -> list[PlanPoint]:
-    """Predict and measure (onnxruntime, the profile's thread count) each plan."""
+                  pin_cpu: int | None = None, items: list | None = None) -> list[PlanPoint]:
+    """Predict and measure (onnxruntime, the profile's thread count) each plan; ``items`` are the plans' ONNX
+    models from :func:`plan_items` when the caller measures the same plans again."""
     model = CostModel(profile)
-    items = []
-    for plan in plans:
-        from autoprune.onnx_export import onnx_bytes
-
-        items.append((onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape))
+    items = items if items is not None else plan_items(space, plans)
     with pinned(pin_cpu):
         stats = runner.time_ort_many(items, max(profile.threads, 1), timing.warmup, timing.repeats, timing.rounds,
                                      _scaled(progress, len(plans)))
@@ -347,7 +351,7 @@ def measure_with_calibration(space: SearchSpace, signatures: list[LayerSignature
     from autoprune.onnx_export import onnx_bytes
 
     plans = [PruningPlan(alignment=space.alignment)] + random_plans(space, calibration_points - 1, 0, space.alignment)
-    models = [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
+    models = plan_items(space, plans)
     with pinned(pin_cpu):
         overhead = runner.time_ort(onnx_bytes(*_overhead_model()), (1, 1, 1, 1), threads, timing.warmup,
                                    timing.repeats)["median_ms"]
@@ -406,10 +410,11 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     plans = random_plans(space, samples, seed, profile.alignment)
+    items = plan_items(space, plans)
     measured = []
     for r in range(rounds):
         shifted = None if progress is None else (lambda done, total, r=r: progress(r * total + done, rounds * total))
-        measured.append(measure_plans(profile, space, plans, progress=shifted, pin_cpu=pin_cpu))
+        measured.append(measure_plans(profile, space, plans, progress=shifted, pin_cpu=pin_cpu, items=items))
     per_plan = np.array([[p.measured_ms for p in round_points] for round_points in measured])  # rounds x plans
     median = np.median(per_plan, axis=0)
     points = [replace(p, measured_ms=float(m)) for p, m in zip(measured[0], median)]

@@ -107,7 +107,8 @@ def test_validation_rounds_score_the_median_and_the_measurement_spread(resnet_sp
     # Plan 0 is steady; plan 1 swings by 25% in one round (a noisy neighbour), plan 2 by 5%.
     rounds = iter([(1.0, 2.0, 3.0), (1.0, 2.5, 3.15), (1.0, 2.0, 3.0)])
 
-    def fake_measure(profile, space, plans, progress=None, pin_cpu=None):
+    def fake_measure(profile, space, plans, progress=None, pin_cpu=None, items=None):
+        assert items is not None and len(items) == len(plans)  # built once, timed every round
         measured = next(rounds)
         return [profiling.PlanPoint(p, 0.0, 2.0, ms) for p, ms in zip(plans, measured)]
 
