@@ -94,7 +94,7 @@ median of {result.rounds} such rounds run one after the other).
 | within ±5 % | {result.within_5_pct:.0f} % of plans |
 | within ±10 % | {result.within_10_pct:.0f} % of plans |
 | Kendall tau (predicted vs measured) | {result.kendall_tau:.3f} |
-| noise ceiling: plans whose {result.rounds} rounds all lie within ±10 % of their median | {result.repeatable_10_pct if result.repeatable_10_pct is not None else "n/a (1 round)"} % |
+| noise ceiling: plans whose {result.rounds} rounds all lie within ±10 % of their median | {result.repeatable_10_pct if result.repeatable_10_pct is not None else "n/a (fewer than 3 rounds)"} % |
 | worst error | {max(errors):.1f} % |
 | measured range | {result.measured_range_ms[0]:.3f}–{result.measured_range_ms[1]:.3f} ms |
 | prediction time per plan | {min(per_plan):.0f} µs (best of 3 passes over {len(plans)} plans; median {statistics.median(per_plan):.0f} µs) |
