@@ -295,8 +295,8 @@ def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None
     through a dozen of them can fit that noise and predict new plans worse than the plain layer sum. So the
     identity (a=1, b=0), a pure scale, the affine fit and — when ``cache_mb`` (the last-level cache) is known and
     some measured models outgrow it — the scale or affine fit plus a memory term compete on leave-one-out error;
-    the winner is kept. The memory term is why a model whose weights outgrow the cache is slower than the sum of its layers,
-    each of which was timed with its own weights in cache.
+    the winner is kept. The memory term is why a model whose weights outgrow the cache is slower than the sum of
+    its layers, each of which was timed with its own weights in cache.
     """
     x = np.array([p.layer_sum_ms for p in points])
     y = np.array([p.measured_ms for p in points])

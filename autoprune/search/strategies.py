@@ -249,22 +249,26 @@ class Strategy(abc.ABC):
             lo, hi = (mid, hi) if self._cost_feasible(self._uniform_ratios(mid)) else (lo, mid)
         return lo
 
-    def warm_start(self, study: optuna.Study, count: int) -> None:
+    def _made(self, study: optuna.Study, key: str) -> int:
+        """How many of this strategy's trials in ``study`` (waiting ones included) carry the user attr ``key``."""
+        return sum(1 for t in study.get_trials(deepcopy=False)
+                   if key in t.user_attrs and t.user_attrs.get("strategy", self.name) == self.name)
+
+    def warm_start(self, study: optuna.Study, count: int) -> bool:
         """Enqueue ``count`` uniform plans evenly spread from the smallest keep ratio to below the largest
         feasible one, before the sampler's own proposals. Independent random draws average out to mid-size
         models, so without these a short search rarely sees the fast end of the front; the sampler then
-        improves on the uniform points rather than rediscovering them. Resumes count seeds already made."""
-        if count <= 0:
-            return
-        made = [t for t in study.get_trials(deepcopy=False) if "warm_start_keep" in t.user_attrs
-                and t.user_attrs.get("strategy", self.name) == self.name]
-        if len(made) >= count:
-            return
+        improves on the uniform points rather than rediscovering them. Resumes count seeds already made.
+        Returns whether a plan was enqueued."""
+        made = self._made(study, "warm_start_keep") if count > 0 else 0
+        if count <= 0 or made >= count:
+            return False
         lowest, top = self.lowest_uniform(), self.highest_uniform()
-        ratio = lowest + (top - lowest) * len(made) / count  # never ``top`` itself: that is the dense model
+        ratio = lowest + (top - lowest) * made / count  # never ``top`` itself: that is the dense model
         self._enqueue(study, self._uniform_ratios(ratio), {"warm_start_keep": round(ratio, 6)})
+        return True
 
-    def spread_start(self, study: optuna.Study, count: int, jitter: float = 0.15) -> None:
+    def spread_start(self, study: optuna.Study, count: int, jitter: float = 0.15) -> bool:
         """After the uniform warm start, enqueue ``count`` exploratory plans in place of the sampler's random
         start-up draws: plan k takes an overall keep level from the k-th of ``count`` equal slices of
         [smallest ratio, largest feasible ratio] and scatters each group's ratio ± ``jitter`` around it.
@@ -272,12 +276,10 @@ class Strategy(abc.ABC):
         Independent per-group draws average out to mid-size models (a sum of independent choices), so the
         start-up population of a short search covers only the middle of the latency range; these cover all of
         it, and still differ from one group to the next. Seeded; plans over the cost limits are redrawn.
-        Resumes count plans already made."""
-        made = [t for t in study.get_trials(deepcopy=False) if "spread_start_level" in t.user_attrs
-                and t.user_attrs.get("strategy", self.name) == self.name]
-        if count <= 0 or len(made) >= count:
-            return
-        k = len(made)
+        Resumes count plans already made. Returns whether a plan was enqueued."""
+        k = self._made(study, "spread_start_level") if count > 0 else 0
+        if count <= 0 or k >= count:
+            return False
         rng = random.Random(f"{self.name}/{self.seed}/spread/{k}")
         lowest, top = self.lowest_uniform(), self.highest_uniform()
         ratios: dict[str, float] = {}
@@ -289,18 +291,16 @@ class Strategy(abc.ABC):
         else:
             ratios = self._uniform_ratios(level)
         self._enqueue(study, ratios, {"spread_start_level": round(level, 6)})
+        return True
 
     def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
         """The uniform warm start first, then the spread start-up plans (one enqueued per ask). Both only fill
         the study's first ``uniform + spread`` trials: a study resumed past its start-up (one made before spread
         plans existed, or resumed with a larger --trials) gets none in the middle of its search."""
-        trials = study.get_trials(deepcopy=False)
-        before = sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING)
-        if len(trials) < uniform:
-            self.warm_start(study, uniform)
-        trials = study.get_trials(deepcopy=False)
-        if sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING) == before \
-                and len(trials) < uniform + spread:
+        started = len(study.get_trials(deepcopy=False))
+        if started < uniform and self.warm_start(study, uniform):
+            return
+        if started < uniform + spread:
             self.spread_start(study, spread)
 
 
