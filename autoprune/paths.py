@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,12 @@ def autoprune_home() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "autoprune"
+
+
+def slug(text: str) -> str:
+    """``text`` as a safe folder name: runs of other characters than letters, digits, ``_.-`` become ``-``
+    (so a study named "../x" cannot put files outside autoprune-runs/)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def shipped_dir(name: str) -> Path:

@@ -17,12 +17,13 @@ FORMATS = ("html", "json", "md")
 
 
 def _default_out(study: str, storage: Optional[str], fmt: str) -> Path:
+    from autoprune.paths import slug
     from autoprune.report.study import RUNS_DIR
 
-    folder = RUNS_DIR / study
+    folder = RUNS_DIR / slug(study)
     if storage is None and folder.is_dir():
         return folder / f"report.{fmt}"
-    return Path(f"{study}-report.{fmt}")
+    return Path(f"{slug(study)}-report.{fmt}")
 
 
 def report(
@@ -74,14 +75,13 @@ def report(
     )
 
 
-def _selection_table(selection, dense: dict) -> Table:
+def _selection_table(selection, dense) -> Table:
     r = selection.record
     table = Table(title=f"selected trial {r.number} ({selection.rule})", title_justify="left")
     for column in ("", "accuracy", f"latency ms ({r.latency_provenance})", "speedup", "params", "MFLOPs"):
         table.add_column(column, justify="right")
-    if dense:
-        table.add_row("dense", f"{dense.get('accuracy', float('nan')):.2%}", f"{dense.get('latency_ms', float('nan')):.4g}",
-                      "1.00×", f"{int(dense.get('params', 0)):,}", f"{float(dense.get('mflops', 0)):.1f}", style="dim")
+    table.add_row("dense", f"{dense.accuracy:.2%}", f"{dense.latency_ms:.4g}", "1.00×", f"{dense.stats.params:,}",
+                  f"{dense.stats.mflops:.1f}", style="dim")
     table.add_row(f"trial {r.number}", f"{r.accuracy:.2%}", f"{r.latency_ms:.4g}", f"{r.speedup:.2f}×",
                   f"{r.params:,}", f"{r.mflops:.1f}")
     return table
@@ -99,22 +99,23 @@ def select(
     """Choose one trial of a study's Pareto front by a latency budget, an accuracy floor, the knee, or number."""
     from autoprune.report.select import parse_accuracy, select_trial
     from autoprune.report.study import load_study
-    from autoprune.search.records import completed_records, study_info
+    from autoprune.search.records import completed_records
+    from autoprune.search.store import read_study_record
 
     floor = parse_accuracy(min_accuracy) if min_accuracy is not None else None
     loaded, url = load_study(study, storage)
-    info = study_info(loaded)
+    info = read_study_record(loaded)
     selection = select_trial(
         completed_records(loaded), max_latency_ms=max_latency_ms, min_accuracy=floor, knee=knee, trial=trial,
-        latency_label=f"predicted on {info.get('target', 'the target')}",
+        latency_label=f"predicted on {info.identity.target}",
     )
     if json_output:
         print_json({"study": study, "storage": url, **selection.to_dict()})
         return
-    out_console.print(_selection_table(selection, info.get("baseline", {})))
+    out_console.print(_selection_table(selection, info.dense))
     out_console.print(selection.reason)
     out_console.print(f"export it: autoprune export --study {shlex.quote(study)}"
-                      + (f" --storage {shlex.quote(storage)}" if storage else "")
+                      + (f" --storage {shlex.quote(url)}" if storage else "")
                       + f" --trial {selection.record.number} --out DIR")
 
 
@@ -132,20 +133,26 @@ def export(
     no_measure: bool = typer.Option(False, "--no-measure", help="skip timing the exported and dense model on this host."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads when measuring latency."),
     repeats: int = typer.Option(200, "--repeats", help="timed runs when measuring latency."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow the study's --checkpoint to be a fully pickled model; unpickling runs code from the file, so only for files you trust (a search's --trust-checkpoint does not carry over)."),
     json_output: bool = typer.Option(False, "--json", help="print the model card as JSON on stdout."),
 ) -> None:
     """Rebuild a trial's pruned model, fine-tune it, and write TorchScript, ONNX and a model card."""
-    from autoprune.report.export import ExportSettings, export_trial
+    from autoprune.report.export import ExportSettings, check_out_dir, export_trial
     from autoprune.report.study import load_study
 
     settings = ExportSettings(
         finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
         distill_weight=distill_weight, measure=not no_measure, threads=threads, repeats=repeats,
     )
+    check_out_dir(out)
     loaded, url = load_study(study, storage)
-    command = shlex.join(["autoprune", *sys.argv[1:]]) if Path(sys.argv[0]).name == "autoprune" else None
+    command = None
+    if Path(sys.argv[0]).name == "autoprune":
+        from autoprune.search.storage import redact
+
+        command = shlex.join(["autoprune", *(redact(a, storage) if storage else a for a in sys.argv[1:])])
     result = export_trial(
-        loaded, trial, out, settings, storage=url, command=command,
+        loaded, trial, out, settings, storage=url, command=command, trust_checkpoint=trust_checkpoint,
         on_stage=lambda text: err_console.print(f"[dim]{text}[/dim]") if not json_output else None,
         on_epoch=(lambda e, n, loss: err_console.print(f"[dim]epoch {e}/{n}: loss {loss:.4f}[/dim]"))
         if not json_output else None,

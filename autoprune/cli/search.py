@@ -99,16 +99,16 @@ def _millions(count: int) -> str:
 
 def pareto_table(result: SearchResult) -> Table:
     base = result.baseline
-    provenance = base.get("latency_provenance", "")
+    provenance = base.latency_provenance
     # The table must fit an 80-column terminal or log without rich truncating cells: provenance goes in the
     # caption, not a header, and adjacent padding collapses. Precision shows only when a candidate is not fp32.
     with_precision = any(r.precision != "fp32" for r in result.pareto)
     table = Table(title=f"Pareto-optimal candidates — study {result.study_name}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption=f"latency ms: {provenance}" + (f" — {base['latency_source']}" if base.get("latency_source") else ""),
+                  caption=f"latency ms: {provenance}" + (f" — {base.latency_source}" if base.latency_source else ""),
                   caption_justify="left")
-    rows = [{"trial": "dense", "accuracy": f"{base['accuracy']:.2%}", "latency ms": f"{base['latency_ms']:.4g}",
-             "speedup": "1.00×", "params": _millions(base["params"]), "MFLOPs": f"{base['mflops']:.1f}",
+    rows = [{"trial": "dense", "accuracy": f"{base.accuracy:.2%}", "latency ms": f"{base.latency_ms:.4g}",
+             "speedup": "1.00×", "params": _millions(base.stats.params), "MFLOPs": f"{base.stats.mflops:.1f}",
              "precision": "fp32", "strategy": "baseline"}]
     rows += [{"trial": str(r.number), "accuracy": f"{r.accuracy:.2%}", "latency ms": f"{r.latency_ms:.4g}",
               "speedup": f"{r.speedup:.2f}×", "params": _millions(r.params), "MFLOPs": f"{r.mflops:.1f}",
@@ -135,7 +135,7 @@ def search(
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs when training the dense baseline."),
     importance: str = typer.Option("l1", "--importance", help="which channels go: l1 | l2 | bn_scale | fpgm | taylor | obd | snip | grasp | random (taylor, obd, snip and grasp use a few gradient batches)."),
     study: Optional[str] = typer.Option(None, "--study", help="study name; an existing study is resumed. Default: MODEL-TARGET-DATA."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL. Default: sqlite:///OUT/study.db."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL. Default: sqlite:///OUT/study.db. Shown and stored with its password masked; the password may instead come from AUTOPRUNE_STORAGE_PASSWORD (or PGPASSWORD)."),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the run's files. Default: autoprune-runs/STUDY."),
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="model input NxCxHxW; latency is predicted at this shape."),
     seed: int = typer.Option(0, "--seed", help="seed for data split, baseline, sampler and fine-tuning."),
@@ -150,7 +150,9 @@ def search(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT. Default: start a local runtime on 127.0.0.1."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="CPUs reserved per Ray worker."),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs reserved per Ray worker."),
-    worker_retries: int = typer.Option(1, "--worker-retries", help="re-runs of a trial whose Ray worker died, before it is failed."),
+    worker_retries: int = typer.Option(1, "--worker-retries", help="re-runs of a trial whose worker or driver died mid-trial, before it is failed for good."),
+    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="seconds one candidate's evaluation may take; a slower one fails its trial. Default: no limit."),
+    heartbeat_interval: int = typer.Option(10, "--heartbeat-interval", help="seconds between renewals of the lease on the trials in flight; a trial whose lease is 3 intervals old is taken for dead and re-run by any driver on the study."),
     precision: str = typer.Option("fp32", "--precision", help="precisions to search, comma-separated: fp32 | int8 | fp32,int8 (INT8: static quantization, accuracy measured in onnxruntime)."),
     distill: bool = typer.Option(False, "--distill", help="fine-tune candidates with knowledge distillation from the dense model."),
     distill_alpha: float = typer.Option(0.9, "--distill-alpha", help="share of the distillation loss in [0, 1] (the rest is cross-entropy)."),
@@ -167,7 +169,7 @@ def search(
         max_params=max_params, size_objective=size_objective, multi_fidelity=multi_fidelity, backend=backend,
         workers=workers, ray_address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         worker_retries=worker_retries, precision=precision, distill=distill, distill_alpha=distill_alpha,
-        distill_temperature=distill_temperature,
+        distill_temperature=distill_temperature, trial_timeout=trial_timeout, heartbeat_interval=heartbeat_interval,
     )
     started = time.perf_counter()
     with RichReporter(quiet=json_output) as reporter:

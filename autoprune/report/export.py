@@ -15,6 +15,7 @@ import datetime as _dt
 import hashlib
 import io
 import math
+import os
 import shlex
 import time
 import warnings
@@ -33,7 +34,7 @@ from autoprune.errors import UserError
 from autoprune.paths import atomic_write_bytes
 from autoprune.report.card import Finetune, ModelCard, OnnxCheck, PredictedLatency, write_card
 from autoprune.report.host import HostLatency, record_host_latency
-from autoprune.search.records import study_info
+from autoprune.search.store import TrialOutcome, decode_trials, read_study_record, sha256_file
 
 SAMPLES_FOR_ONNX_CHECK = 256
 
@@ -176,9 +177,19 @@ def reproduce_command(study: str, storage: str, trial: int, out_dir: Path, s: Ex
     return shlex.join(args)
 
 
-def _completed_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    completed = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE and "plan" in t.user_attrs)
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``--out`` that cannot receive the export, before any work: a file, or a folder not writable."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {str(out_dir)!r} is a file; pass a folder (it is created if missing)")
+    existing = next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {str(out_dir)!r}: {str(existing)!r} is not a writable folder; pass another --out")
+
+
+def _completed_trial(study: optuna.Study, number: int) -> TrialOutcome:
+    trials = {t.number: t for t in decode_trials(study)}
+    completed = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
     if number in trials and number in completed:
         return trials[number]
     shown = ", ".join(map(str, completed[:20])) + (", ..." if len(completed) > 20 else "")
@@ -196,8 +207,12 @@ def export_trial(
     command: str | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    trust_checkpoint: bool = False,
 ) -> ExportResult:
-    """Rebuild, fine-tune and export trial ``trial`` of ``study`` into ``out_dir`` (see the module docstring)."""
+    """Rebuild, fine-tune and export trial ``trial`` of ``study`` into ``out_dir`` (see the module docstring).
+
+    ``storage`` is shown in the model card as given: pass it with its password masked. ``trust_checkpoint``
+    allows a fully pickled checkpoint (the study's own record of how the search loaded it is not trusted)."""
     from autoprune.baseline import BaselineSpec, get_baseline
     from autoprune.data import load_data
     from autoprune.onnx_export import onnx_bytes
@@ -207,25 +222,26 @@ def export_trial(
     from autoprune.training import evaluate, recalibrate_bn
 
     stage = on_stage or (lambda text: None)
-    frozen = _completed_trial(study, trial)
-    info = study_info(study)
-    if not info.get("baseline_spec"):
-        raise UserError(f"study {study.study_name!r} predates recorded baseline specs; re-run `autoprune search` "
-                        "with this version to export from it")
-    spec = BaselineSpec.from_dict(info["baseline_spec"])
-    config = dict(info.get("config", {}))
-    input_shape = tuple(int(d) for d in info["input_shape"])
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    outcome = _completed_trial(study, trial)
+    info = read_study_record(study)
+    identity = info.identity
+    spec = BaselineSpec.from_dict(info.baseline_spec)
+    input_shape = tuple(identity.input_shape)
+    checkpoint = identity.checkpoint
+    if checkpoint and (not Path(checkpoint).is_file() or sha256_file(checkpoint) != identity.checkpoint_sha256):
+        raise UserError(f"checkpoint {checkpoint!r} is missing or differs from the one the search used (sha256 "
+                        f"{identity.checkpoint_sha256}); restore that file to export from this study")
 
-    stage(f"loading data {info['data']}")
-    data = load_data(str(info["data"]), input_shape[2:], spec.seed)
+    stage(f"loading data {identity.data}")
+    data = load_data(identity.data, input_shape[2:], spec.seed)
     stage("loading the dense baseline")
-    checkpoint = info.get("checkpoint")
-    baseline = get_baseline(spec, data, Path(checkpoint) if checkpoint else None,
-                            bool(config.get("trust_checkpoint", False)))
+    baseline = get_baseline(spec, data, Path(checkpoint) if checkpoint else None, trust_checkpoint)
     dense = baseline.model.eval()
 
-    plan = PruningPlan.from_dict(frozen.user_attrs["plan"])
+    m = outcome.measurement
+    plan = PruningPlan.from_dict(m.plan)
     stage(f"pruning by trial {trial}'s plan")
     model = copy.deepcopy(dense)
     train = data.loader("train", settings.batch_size, spec.seed)
@@ -283,25 +299,23 @@ def export_trial(
             record_host_latency(study, trial, host)
             record_host_latency(study, None, dense_host)
 
-    base = dict(info.get("baseline", {}))
-    attrs = frozen.user_attrs
-    dense_params = int(base.get("params", 0)) or sum(p.numel() for p in dense.parameters())
+    base = info.dense
+    dense_params = base.stats.params
     reproduce = reproduce_command(study.study_name, storage, trial, out_dir, settings)
     import onnxruntime
     import torchvision
 
     card = ModelCard(
-        schema=1, study=study.study_name, storage=storage, trial=trial, strategy=str(attrs.get("strategy", "")),
-        model=str(info["model"]), data=str(info["data"]), input_shape=input_shape,
+        schema=1, study=study.study_name, storage=storage, trial=trial, strategy=str(outcome.strategy),
+        model=identity.model, data=identity.data, input_shape=input_shape,
         class_names=tuple(str(c) for c in data.class_names), plan=plan.to_dict(), accuracy=result.accuracy,
-        per_class_accuracy=tuple(result.per_class_accuracy), search_accuracy=float(attrs["accuracy"]),
-        dense_accuracy=float(base.get("accuracy", math.nan)),
+        per_class_accuracy=tuple(result.per_class_accuracy), search_accuracy=m.accuracy,
+        dense_accuracy=base.accuracy,
         finetune=Finetune(settings.finetune_epochs, steps, settings.lr, settings.batch_size, settings.distill,
                           settings.temperature if settings.distill else None,
                           settings.distill_weight if settings.distill else None, last_loss, round(tune_seconds, 2)),
         predicted_latency=PredictedLatency(
-            str(info.get("target", "")), float(attrs["latency_ms"]), str(attrs.get("latency_provenance", "")),
-            str(attrs.get("latency_source", "")), float(base.get("latency_ms", math.nan)),
+            identity.target, m.latency_ms, m.latency_provenance, m.latency_source, base.latency_ms,
         ),
         host_latency=host, dense_host_latency=dense_host, params=stats.params, nonzero_params=stats.nonzero_params,
         dense_params=dense_params, macs=stats.macs, mflops=round(stats.mflops, 3), size_mb=round(stats.size_mb, 3),

@@ -17,6 +17,7 @@ import optuna
 import torch
 
 from autoprune.plan import PruningPlan
+from autoprune.search.store import StudyRecord
 
 HOST_ATTR_PREFIX = "autoprune.host_latency."
 DENSE_KEY = "dense"
@@ -39,9 +40,8 @@ class HostLatency:
     def from_dict(cls, data: Mapping[str, Any]) -> "HostLatency | None":
         try:
             mean = float(data["mean_ms"])
-            value = cls(mean, float(data.get("std_ms", math.nan)), int(data.get("n", 0)),
-                        str(data.get("provenance", "")), str(data.get("how", "")))
-        except (KeyError, TypeError, ValueError):
+            value = cls(mean, float(data["std_ms"]), int(data["n"]), str(data["provenance"]), str(data["how"]))
+        except (KeyError, TypeError, ValueError):  # not written by record_host_latency: ignored
             return None
         return value if math.isfinite(mean) and mean > 0 else None
 
@@ -75,20 +75,18 @@ def record_host_latency(study: optuna.Study, trial: int | None, latency: HostLat
     study.set_user_attr(host_key(trial), latency.to_dict())
 
 
-def _architecture(info: Mapping[str, Any], plan: PruningPlan | None) -> torch.nn.Module:
+def _architecture(info: StudyRecord, plan: PruningPlan | None) -> torch.nn.Module:
     """The dense model (``plan`` None) or the plan's pruned architecture, with fresh weights."""
     from autoprune.models import create_model
     from autoprune.pruning import apply_plan
 
-    spec = info.get("baseline_spec") or {}
-    num_classes = int(spec.get("num_classes") or len(info.get("baseline", {}).get("class_names", [])) or 10)
     torch.manual_seed(0)
-    model = create_model(str(info["model"]), num_classes).eval()
+    model = create_model(info.identity.model, int(info.baseline_spec["num_classes"])).eval()
     if plan is None:
         return model
     # Channel counts depend on the ratios and the alignment only; magnitude ranking needs no data.
     shape_only = PruningPlan.from_dict({**plan.to_dict(), "importance": "l1"})
-    return apply_plan(model, shape_only, torch.zeros(tuple(info["input_shape"]))).eval()
+    return apply_plan(model, shape_only, torch.zeros(tuple(info.identity.input_shape))).eval()
 
 
 def measure_trials(
@@ -101,17 +99,17 @@ def measure_trials(
 ) -> dict[int | None, HostLatency]:
     """Time the dense model and each trial's pruned architecture on this host; record and return them."""
     from autoprune.hardware import measure_model_latency
-    from autoprune.search.records import study_info
+    from autoprune.search.store import completed_outcomes, read_study_record
 
-    info = study_info(study)
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    info = read_study_record(study)
+    plans = {o.number: o.measurement.plan for o in completed_outcomes(study)}
     how = "pruned architecture rebuilt from the plan (fresh weights), onnxruntime"
     targets: list[int | None] = ([None] if include_dense else []) + [int(n) for n in trials]
     measured: dict[int | None, HostLatency] = {}
     for number in targets:
-        plan = None if number is None else PruningPlan.from_dict(by_number[number].user_attrs["plan"])
+        plan = None if number is None else PruningPlan.from_dict(plans[number])
         model = _architecture(info, plan)
-        result = measure_model_latency(model, tuple(info["input_shape"]), threads=threads, warmup=warmup,
+        result = measure_model_latency(model, tuple(info.identity.input_shape), threads=threads, warmup=warmup,
                                        repeats=repeats)
         latency = HostLatency.from_measurement(result, "dense model" if number is None else how)
         record_host_latency(study, number, latency)

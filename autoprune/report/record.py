@@ -16,10 +16,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.errors import UserError
 from autoprune.plan import kept_channels
 from autoprune.report.host import HostLatency, read_host_latencies
 from autoprune.search.pareto import hypervolume
-from autoprune.search.records import completed_records, pareto_records, study_info
+from autoprune.search.records import completed_records, pareto_records
+from autoprune.search.store import completed_outcomes, read_study_config, read_study_record
 
 REPORT_SCHEMA = 1
 DEFAULT_CLASS_DROP_THRESHOLD = 0.05
@@ -216,8 +218,14 @@ def _provenance_summary(values: Sequence[str]) -> str:
     return "mixed: " + ", ".join(f"{k} ({n} trials)" for k, n in sorted(counts.items()))
 
 
+def group_ratios(plan: Mapping[str, Any], groups: Sequence[str]) -> tuple[float, ...]:
+    """Each group's keep ratio in a stored plan (a group the plan leaves out keeps every channel: 1.0)."""
+    keep = plan["keep_ratios"]
+    return tuple(float(keep[g]) if g in keep else 1.0 for g in groups)
+
+
 def _common_ratio(plan: Mapping[str, Any], groups: Sequence[str]) -> float | None:
-    ratios = {round(_f(plan.get("keep_ratios", {}).get(g, 1.0)), 6) for g in groups}
+    ratios = {round(r, 6) for r in group_ratios(plan, groups)}
     return ratios.pop() if len(ratios) == 1 else None
 
 
@@ -258,17 +266,17 @@ def hypervolume_curves(points: Sequence[TrialPoint], reference: tuple[float, flo
     return tuple(curves)
 
 
-def cost_model_info(info: Mapping[str, Any]) -> CostModelInfo:
-    """What the study's target profile says about itself; a missing profile leaves a note, not an error."""
+def cost_model_info(target: str, model: str, input_shape: Sequence[int], provenance: str = "",
+                    source: str = "") -> CostModelInfo:
+    """What the study's target profile says about itself; a missing profile leaves a note (with the
+    ``provenance`` and ``source`` the study recorded), not an error."""
     from autoprune.hardware import load_profile, model_key
 
-    target = str(info.get("target", ""))
-    key = model_key(str(info.get("model", "")), info.get("input_shape") or ())
+    key = model_key(model, tuple(input_shape))
     try:
         profile = load_profile(target)
     except Exception as err:  # noqa: BLE001 - the report still renders without the profile
-        return CostModelInfo(target, "", "", "", str(info.get("profile_provenance", "")),
-                             str(info.get("profile_source", "")), key, None, "", {}, (),
+        return CostModelInfo(target, "", "", "", provenance, source, key, None, "", {}, (),
                              f"profile {target!r} could not be loaded here: {str(err).splitlines()[0]}")
     validation = profile.validation.get(key)
     others = {k: v.summary() for k, v in profile.validation.items() if k != key}
@@ -292,73 +300,67 @@ def build_report(
     now: _dt.datetime | None = None,
 ) -> ReportRecord:
     """Compute the report record of an autoprune study (see the module docstring)."""
-    info = study_info(study)
-    base = dict(info.get("baseline", {}))
+    info = read_study_record(study)
+    if info is None:
+        raise UserError(f"study {study.study_name!r} was not created by `autoprune search`")
+    base, identity = info.dense, info.identity
     host = read_host_latencies(study)
-    groups = [(str(g["name"]), int(g["channels"])) for g in info.get("groups", [])]
+    groups = info.groups
     group_names = tuple(n for n, _ in groups)
-    alignment = int(info.get("alignment", 1) or 1)
-    class_names = tuple(str(c) for c in base.get("class_names", []))
-    dense_acc = _f(base.get("accuracy"))
-    dense_lat = _f(base.get("latency_ms"))
-    dense_params = int(base.get("params", 0) or 0)
-    dense_per_class = tuple(_f(v) for v in base.get("per_class_accuracy", []))
+    alignment = info.alignment
+    class_names = base.class_names
+    dense_acc, dense_lat, dense_params = base.accuracy, base.latency_ms, base.stats.params
+    dense_per_class = base.per_class_accuracy
     dense = DenseRecord(
         accuracy=dense_acc, per_class_accuracy=dense_per_class, latency_ms=dense_lat,
-        latency_provenance=str(base.get("latency_provenance", "")), latency_source=str(base.get("latency_source", "")),
-        params=dense_params, nonzero_params=int(base.get("nonzero_params", dense_params) or 0),
-        mflops=_f(base.get("mflops")), size_mb=_f(base.get("size_mb")), source=str(base.get("source", "")),
-        host_latency=host.get(None),
+        latency_provenance=base.latency_provenance, latency_source=base.latency_source,
+        params=dense_params, nonzero_params=base.stats.nonzero_params, mflops=base.stats.mflops,
+        size_mb=base.stats.size_mb, source=base.source, host_latency=host.get(None),
     )
 
     records = completed_records(study)
-    attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    measured = {o.number: o.measurement for o in completed_outcomes(study)}
     failed = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
     front_numbers = [r.number for r in pareto_records(records)]  # the search's own front: feasible, fastest first
     on_front = set(front_numbers)
 
     points = [
         TrialPoint(
-            trial=r.number, strategy=r.strategy, accuracy=r.accuracy,
-            proxy_accuracy=_f(attrs[r.number].get("proxy_accuracy")), latency_ms=r.latency_ms,
-            latency_provenance=r.latency_provenance,
+            trial=r.number, strategy=r.strategy, accuracy=r.accuracy, proxy_accuracy=r.proxy_accuracy,
+            latency_ms=r.latency_ms, latency_provenance=r.latency_provenance,
             speedup=dense_lat / r.latency_ms if r.latency_ms > 0 else math.nan, params=r.params, mflops=r.mflops,
-            size_mb=r.size_mb, pareto_optimal=r.number in on_front, feasible=bool(getattr(r, "feasible", True)),
-            fidelity=str(getattr(r, "fidelity", attrs[r.number].get("fidelity", "finetuned"))),
-            precision=str(getattr(r, "precision", attrs[r.number].get("precision", "fp32"))),
+            size_mb=r.size_mb, pareto_optimal=r.number in on_front, feasible=r.feasible, fidelity=r.fidelity,
+            precision=r.precision,
         )
         for r in records
     ]
     by_trial = {p.trial: p for p in points}
     candidates = []
     for number in front_numbers:
-        a, p = attrs[number], by_trial[number]
-        plan = dict(a.get("plan", {}))
-        ratios = tuple(_f(plan.get("keep_ratios", {}).get(n, 1.0)) for n in group_names)
-        align = int(plan.get("alignment", alignment) or alignment)
-        kept = tuple(kept_channels(c, r, align) for (_, c), r in zip(groups, ratios))
+        m, p = measured[number], by_trial[number]
+        plan = dict(m.plan)
+        ratios = group_ratios(plan, group_names)
+        kept = tuple(kept_channels(c, r, int(plan["alignment"])) for (_, c), r in zip(groups, ratios))
         average_drop = dense_acc - p.accuracy
-        measured = host.get(p.trial)
-        nonzero = int(a.get("nonzero_params", a.get("params", 0)))
+        host_ms = host.get(p.trial)
+        nonzero = m.stats.nonzero_params
         candidates.append(Candidate(
             trial=p.trial, strategy=p.strategy, accuracy=p.accuracy, delta_accuracy=p.accuracy - dense_acc,
             latency_ms=p.latency_ms, latency_provenance=p.latency_provenance, speedup=p.speedup,
-            host_latency=measured,
-            host_speedup=(dense.host_latency.mean_ms / measured.mean_ms) if measured and dense.host_latency else None,
+            host_latency=host_ms,
+            host_speedup=(dense.host_latency.mean_ms / host_ms.mean_ms) if host_ms and dense.host_latency else None,
             params=p.params, nonzero_params=nonzero, mflops=p.mflops, size_mb=p.size_mb,
             sparsity=1.0 - nonzero / dense_params if dense_params else math.nan,
             keep_ratios=ratios, kept_channels=kept, plan=plan, average_drop=average_drop,
-            per_class=per_class_drops(dense_per_class, a.get("per_class_accuracy", []), class_names, average_drop,
+            per_class=per_class_drops(dense_per_class, m.per_class_accuracy, class_names, average_drop,
                                       class_drop_threshold),
-            precision=p.precision,
-            float_accuracy=_f(a["float_accuracy"]) if a.get("float_accuracy") is not None else None,
+            precision=p.precision, float_accuracy=m.float_accuracy,
         ))
 
     # The uniform-ratio curve is the pruning-only reference: FP32 trials only, as the dense point it ends at.
     uniform = sorted((p for p in points if p.strategy == "uniform" and p.precision == "fp32"), key=lambda p: p.latency_ms)
     curve: list[CurvePoint] = [
-        CurvePoint(p.trial, _common_ratio(attrs[p.trial].get("plan", {}), group_names), p.accuracy,
-                   p.latency_ms)
+        CurvePoint(p.trial, _common_ratio(measured[p.trial].plan, group_names), p.accuracy, p.latency_ms)
         for p in uniform
     ]
     if curve:
@@ -366,13 +368,12 @@ def build_report(
 
     reference = (0.0, dense_lat)
     provenance = _provenance_summary([p.latency_provenance for p in points] or [dense.latency_provenance])
-    target = str(info.get("target", ""))
-    cost = cost_model_info(info)
+    target = identity.target
+    cost = cost_model_info(target, identity.model, identity.input_shape, info.profile_provenance, info.profile_source)
     return ReportRecord(
         schema=REPORT_SCHEMA, study=study.study_name, storage=storage,
         generated_at=(now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
-        model=str(info.get("model", "")), target=target, data=str(info.get("data", "")),
-        input_shape=tuple(int(d) for d in info.get("input_shape", [])),
+        model=identity.model, target=target, data=identity.data, input_shape=tuple(identity.input_shape),
         latency_provenance=provenance, latency_source=dense.latency_source,
         latency_axis_title=f"latency on {target} (ms, {provenance}: predicted by the cost model)",
         dense=dense, group_names=group_names, group_channels=tuple(c for _, c in groups), alignment=alignment,
@@ -383,7 +384,7 @@ def build_report(
             "area dominated by the front within accuracy in [0, 1] x latency in [0, dense latency], as a fraction "
             "of that box (1 = a perfect model at zero latency)"
         ),
-        class_drop_threshold=class_drop_threshold, cost_model=cost, config=dict(info.get("config", {})),
-        baseline_spec=dict(info.get("baseline_spec", {})),
+        class_drop_threshold=class_drop_threshold, cost_model=cost, config=read_study_config(study),
+        baseline_spec=dict(info.baseline_spec),
         host_measured_trials=tuple(sorted(n for n in host if n is not None)),
     )

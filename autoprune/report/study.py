@@ -1,7 +1,8 @@
-"""Open an autoprune study by name: from ``--storage`` or the default ``autoprune-runs/STUDY/study.db``.
+"""Open an autoprune study by name: from ``--storage`` or the default ``autoprune-runs/STUDY/study.db`` (the
+folder name slugged as ``autoprune search`` slugs it).
 
 Reading a study must never create one: Optuna's SQLite storage creates a missing database file, so a SQLite URL
-is checked for an existing file first.
+is checked for an existing file first. URLs are shown with their password masked.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from pathlib import Path
 import optuna
 
 from autoprune.errors import UserError, unknown_choice
-from autoprune.search.records import STUDY_ATTR
-from autoprune.search.runner import open_storage
+from autoprune.paths import slug
+from autoprune.search.storage import mask_url, open_storage, redact
+from autoprune.search.store import STUDY_ATTR, read_study_record
 
 RUNS_DIR = Path("autoprune-runs")
 
 
 def default_storage(study: str) -> Path:
     """Where ``autoprune search --study STUDY`` (without --out/--storage) puts the study database."""
-    return RUNS_DIR / study / "study.db"
+    return RUNS_DIR / slug(study) / "study.db"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -39,7 +41,7 @@ def resolve_storage(study: str, storage: str | None) -> str:
         path = sqlite_path(storage)
         if path is not None and not path.is_file():
             raise UserError(
-                f"--storage {storage!r}: no database file at {str(path)!r}; pass the URL `autoprune search` "
+                f"--storage {mask_url(storage)!r}: no database file at {str(path)!r}; pass the URL `autoprune search` "
                 "printed (e.g. sqlite:///autoprune-runs/STUDY/study.db, three slashes then the path)"
             )
         return storage
@@ -53,24 +55,28 @@ def resolve_storage(study: str, storage: str | None) -> str:
 
 
 def load_study(study: str, storage: str | None = None) -> tuple[optuna.Study, str]:
-    """The autoprune study named ``study`` and the storage URL it was read from."""
+    """The autoprune study named ``study`` and the storage URL it was read from (password masked)."""
     url = resolve_storage(study, storage)
+    shown = mask_url(url)
     try:
         backend = open_storage(url)
         names = optuna.get_all_study_names(backend)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here is the URL or the file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
-            f"cannot read study storage {url!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__} "
+            f"cannot read study storage {shown!r}: {redact(first, url)} "
             "(pass an Optuna storage URL such as sqlite:///path/study.db)"
-        ) from err
+        ) from None
     if study not in names:
         if not names:
-            raise UserError(f"storage {url!r} holds no studies; run `autoprune search` first or check --storage")
-        raise unknown_choice("study", study, names, f"studies in {url}")
+            raise UserError(f"storage {shown!r} holds no studies; run `autoprune search` first or check --storage")
+        raise unknown_choice("study", study, names, f"studies in {shown}")
     loaded = optuna.load_study(study_name=study, storage=backend)
-    if not loaded.user_attrs.get(STUDY_ATTR):
+    if read_study_record(loaded) is None:
         raise UserError(
-            f"study {study!r} in {url!r} was not created by `autoprune search` (it has no {STUDY_ATTR!r} record); "
+            f"study {study!r} in {shown!r} was not created by `autoprune search` (it has no {STUDY_ATTR!r} record); "
             "pass the name of an autoprune study"
         )
-    return loaded, url
+    return loaded, shown

@@ -252,7 +252,7 @@ class RayExecutor(Executor):
             ray.shutdown()
 
 
-def create_executor(backend: str, evaluator, ray_settings: RaySettings | None = None) -> Executor:
+def create_executor(backend: str, evaluator, ray_settings: RaySettings | None = None, trial_timeout_s: float | None = None) -> Executor:
     if backend == "local":
         return LocalExecutor(evaluator)
     if backend == "ray":

@@ -109,27 +109,23 @@ class CandidateResult:
     def size_mb(self) -> float:
         return self.stats.size_mb
 
-    def attrs(self) -> dict[str, Any]:
-        """JSON-ready figures stored on the Optuna trial."""
-        return {
-            "plan": self.plan.to_dict(),
-            "accuracy": self.accuracy,
-            "proxy_accuracy": self.proxy_accuracy,
-            "per_class_accuracy": list(self.eval.per_class_accuracy),
-            "latency_ms": self.latency_ms,
-            "latency_provenance": self.latency_provenance,
-            "latency_source": self.latency_source,
-            **self.stats.to_dict(),
-            "eval_seconds": round(self.seconds, 3),
-            "finetune_steps": self.finetune_steps,
-            "finetune_budget": self.finetune_budget,
-            "fidelity": self.fidelity,
-            "fidelity_reason": self.fidelity_reason,
-            "accuracy_curve": [list(p) for p in self.curve],
-            "precision": self.plan.precision,
-            **({"float_accuracy": self.float_accuracy, "size_mb": round(self.size_mb_at_precision, 3)}
-               if self.float_accuracy is not None else {}),
-        }
+    def attrs(self) -> "Measurement":  # noqa: F821 - imported below, kept local to this method
+        """The figures the study store records on the trial (INT8: size at one byte per parameter)."""
+        from dataclasses import replace
+
+        from autoprune.search.store import Measurement, ModelFigures
+
+        stats = ModelFigures.of(self.stats)
+        if self.size_mb_at_precision is not None:
+            stats = replace(stats, size_mb=round(self.size_mb_at_precision, 3))
+        return Measurement(
+            plan=self.plan.to_dict(), accuracy=self.accuracy, proxy_accuracy=self.proxy_accuracy,
+            per_class_accuracy=tuple(self.eval.per_class_accuracy), latency_ms=self.latency_ms,
+            latency_provenance=self.latency_provenance, latency_source=self.latency_source, stats=stats,
+            eval_seconds=round(self.seconds, 3), finetune_steps=self.finetune_steps,
+            finetune_budget=self.finetune_budget, fidelity=self.fidelity, fidelity_reason=self.fidelity_reason,
+            curve=tuple(self.curve), precision=self.plan.precision, float_accuracy=self.float_accuracy,
+        )
 
 
 class Evaluator:

@@ -6,11 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from autoprune.search.pareto import pareto_front
-
-STUDY_ATTR = "autoprune"
+from autoprune.search.store import TrialOutcome, completed_outcomes, read_study_record
 
 
 @dataclass(frozen=True)
@@ -28,49 +26,33 @@ class TrialRecord:
     size_mb: float
     speedup: float  # dense latency / this latency
     plan: dict
-    feasible: bool = True  # met --max-latency-ms / --min-accuracy / --max-params when it was evaluated
-    proxy_accuracy: float = float("nan")  # after BN recalibration only
-    fidelity: str = "finetuned"  # "proxy" | "cut_short" | "finetuned"
-    finetune_steps: int = -1  # fine-tuning steps actually spent (-1: not recorded)
-    precision: str = "fp32"  # fp32 | int8 (accuracy then measured on the quantized model in onnxruntime)
+    feasible: bool  # met --max-latency-ms / --min-accuracy / --max-params when it was evaluated
+    proxy_accuracy: float  # after BN recalibration only
+    fidelity: str  # "proxy" | "cut_short" | "finetuned"
+    finetune_steps: int  # fine-tuning steps actually spent
+    precision: str  # fp32 | int8 (accuracy then measured on the quantized model in onnxruntime)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def study_info(study: optuna.Study) -> dict[str, Any]:
-    """What autoprune recorded on the study when it created it (model, target, data, baseline, ...)."""
-    return dict(study.user_attrs.get(STUDY_ATTR, {}))
+    @classmethod
+    def of(cls, outcome: TrialOutcome, dense_ms: float) -> "TrialRecord":
+        m = outcome.measurement
+        return cls(
+            number=outcome.number, strategy=str(outcome.strategy), accuracy=m.accuracy, latency_ms=m.latency_ms,
+            latency_provenance=m.latency_provenance, params=m.stats.params, macs=m.stats.macs,
+            mflops=m.stats.mflops, size_mb=m.stats.size_mb,
+            speedup=dense_ms / m.latency_ms if m.latency_ms else float("nan"), plan=dict(m.plan),
+            feasible=bool(outcome.feasible), proxy_accuracy=m.proxy_accuracy, fidelity=m.fidelity,
+            finetune_steps=m.finetune_steps, precision=m.precision,
+        )
 
 
 def completed_records(study: optuna.Study) -> list[TrialRecord]:
-    dense_ms = float(study_info(study).get("baseline", {}).get("latency_ms", float("nan")))
-    records = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = trial.user_attrs
-        if "latency_ms" not in a:
-            continue
-        records.append(
-            TrialRecord(
-                number=trial.number,
-                strategy=str(a.get("strategy", "")),
-                accuracy=float(a["accuracy"]),
-                latency_ms=float(a["latency_ms"]),
-                latency_provenance=str(a.get("latency_provenance", "")),
-                params=int(a["params"]),
-                macs=int(a["macs"]),
-                mflops=float(a["mflops"]),
-                size_mb=float(a["size_mb"]),
-                speedup=dense_ms / float(a["latency_ms"]) if a["latency_ms"] else float("nan"),
-                plan=dict(a.get("plan", {})),
-                feasible=bool(a.get("feasible", True)),
-                proxy_accuracy=float(a.get("proxy_accuracy", float("nan"))),
-                fidelity=str(a.get("fidelity", "finetuned")),
-                finetune_steps=int(a.get("finetune_steps", -1)),
-                precision=str(a.get("precision", dict(a.get("plan", {})).get("precision", "fp32"))),
-            )
-        )
-    return records
+    """The study's completed trials, in trial order (empty for a study not yet claimed by a search)."""
+    record = read_study_record(study)
+    dense_ms = record.dense.latency_ms if record is not None else float("nan")
+    return [TrialRecord.of(o, dense_ms) for o in completed_outcomes(study)]
 
 
 def pareto_records(records: list[TrialRecord]) -> list[TrialRecord]:

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.plan import PruningPlan
+from autoprune.search.store import TrialOutcome, declare_strategy_attrs, decode_trials
 from autoprune.search.strategies import (
     Strategy, extreme_plan, grid_steps, grid_value, register_strategy, searched_groups, snap_down,
 )
@@ -41,6 +42,7 @@ STATE_DIM = 10
 INFEASIBLE_PENALTY = 0.1
 MEAN_BOUND = 4.0
 WARMUP_SIGMA = 0.0  # recorded as ``rl_sigma`` of a warm-up episode (uniform actions, not policy samples)
+ACTIONS, BUDGET, SIGMA = declare_strategy_attrs("rl", "rl_actions", "rl_budget_ms", "rl_sigma")
 
 
 @contextlib.contextmanager
@@ -207,19 +209,18 @@ class RLStrategy(Strategy):
 
     def _before_ask(self, study: optuna.Study) -> None:
         self.learn(study)
-        trials = study.get_trials(deepcopy=False)
+        trials = decode_trials(study)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + len(trials))
-        episode = sum(1 for t in trials if "rl_actions" in t.user_attrs)
+        episode = sum(1 for t in trials if ACTIONS in t.strategy_attrs)
         budget = self._budget(generator, episode)
         sigma = self.sigma(episode)
         _, raw, ratios = self.walk(budget, generator=generator, sigma=sigma)
-        self._enqueue(study, ratios, {"rl_actions": [round(u, 6) for u in raw], "rl_budget_ms": budget,
-                                      "rl_sigma": sigma})
+        self._enqueue(study, ratios, {ACTIONS: [round(u, 6) for u in raw], BUDGET: budget, SIGMA: sigma})
 
     # --- tell: learn from every finished episode not seen yet (on resume: all of them, in order) ---------
-    def reward(self, trial: optuna.trial.FrozenTrial) -> float:
-        accuracy = float(trial.user_attrs.get("accuracy", trial.values[0] if trial.values else 0.0))
-        return accuracy - (0.0 if trial.user_attrs.get("feasible", True) else INFEASIBLE_PENALTY)
+    def reward(self, trial: TrialOutcome) -> float:
+        """A completed episode's accuracy, less the penalty when it missed a limit."""
+        return trial.measurement.accuracy - (0.0 if trial.feasible else INFEASIBLE_PENALTY)
 
     def learn(self, study: optuna.Study) -> int:
         """Consume finished episodes recorded in ``study``; returns how many policy updates ran."""
@@ -228,15 +229,15 @@ class RLStrategy(Strategy):
 
     def _learn(self, study: optuna.Study) -> int:
         updates = 0
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if trial.number in self._consumed or "rl_actions" not in trial.user_attrs:
+        for trial in decode_trials(study, (TrialState.COMPLETE, TrialState.FAIL)):
+            if trial.number in self._consumed or ACTIONS not in trial.strategy_attrs:
                 continue
             self._consumed.add(trial.number)
-            if trial.state != TrialState.COMPLETE or len(trial.user_attrs["rl_actions"]) != len(self.groups):
+            actions = trial.strategy_attrs[ACTIONS]
+            if trial.state != TrialState.COMPLETE or len(actions) != len(self.groups):
                 continue
-            sigma = float(trial.user_attrs.get("rl_sigma", self.sigma_start))
-            self.observe(list(trial.user_attrs["rl_actions"]), float(trial.user_attrs["rl_budget_ms"]),
-                         self.reward(trial), sigma)
+            self.observe(list(actions), float(trial.strategy_attrs[BUDGET]), self.reward(trial),
+                         float(trial.strategy_attrs[SIGMA]))
             if len(self._pending) >= self.batch:
                 self._update()
                 updates += 1

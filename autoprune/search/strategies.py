@@ -10,7 +10,8 @@ Contract (what the runner guarantees and what a strategy must do):
   enqueue fixed parameters (that is how the uniform sweep, the constrained random search and the RL agent
   drive Optuna); several trials may be asked before any is told (parallel workers);
 - a strategy keeps no state that cannot be rebuilt from the study: on resume a fresh instance sees the
-  recorded trials (strategy-specific figures live in trial user attrs prefixed with the strategy's name);
+  recorded trials (strategy-specific figures live in trial user attrs the strategy declares with
+  :func:`autoprune.search.store.declare_strategy_attrs`, read back as ``TrialOutcome.strategy_attrs``);
 - constraints are honoured either through Optuna's trial constraints (the runner records each limit's value
   with ``trial.set_constraint`` and in the ``constraints`` user attr, so TPE and NSGA-II rank infeasible
   trials behind feasible ones) or by proposing only plans whose predicted latency / parameter count meet
@@ -30,10 +31,13 @@ import optuna
 from autoprune.errors import UserError, unknown_choice
 from autoprune.plan import PruningPlan
 from autoprune.pruning.space import GroupSpec, SearchSpace
+from autoprune.search.store import declare_strategy_attrs, decode_trials, trial_attrs
 
 PARAM_PREFIX = "keep/"
 PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans more than one precision
-CONSTRAINTS_ATTR = "constraints"
+# Per-trial attributes the built-in strategies write (declared in the study store, kept by re-queued trials).
+WARM_START, SPREAD_START = declare_strategy_attrs("seeded", "warm_start_keep", "spread_start_level")
+(UNIFORM_KEEP,) = declare_strategy_attrs("uniform", "uniform_keep")
 
 
 def param_name(group: str) -> str:
@@ -229,7 +233,7 @@ class Strategy(abc.ABC):
     def _enqueue(self, study: optuna.Study, ratios: dict[str, float], attrs: dict | None = None) -> None:
         study.enqueue_trial(
             {param_name(g.name): ratios[g.name] for g in searched_groups(self.space)},
-            user_attrs=attrs or {}, skip_if_exists=False,
+            user_attrs=trial_attrs(strategy_attrs=attrs), skip_if_exists=False,
         )
 
     def _uniform_ratios(self, ratio: float) -> dict[str, float]:
@@ -251,8 +255,8 @@ class Strategy(abc.ABC):
 
     def _made(self, study: optuna.Study, key: str) -> int:
         """How many of this strategy's trials in ``study`` (waiting ones included) carry the user attr ``key``."""
-        return sum(1 for t in study.get_trials(deepcopy=False)
-                   if key in t.user_attrs and t.user_attrs.get("strategy", self.name) == self.name)
+        # A waiting trial has no strategy yet: it was enqueued by this one.
+        return sum(1 for t in decode_trials(study) if key in t.strategy_attrs and t.strategy in (None, self.name))
 
     def warm_start(self, study: optuna.Study, count: int) -> bool:
         """Enqueue ``count`` uniform plans evenly spread from the smallest keep ratio to below the largest
@@ -260,12 +264,12 @@ class Strategy(abc.ABC):
         models, so without these a short search rarely sees the fast end of the front; the sampler then
         improves on the uniform points rather than rediscovering them. Resumes count seeds already made.
         Returns whether a plan was enqueued."""
-        made = self._made(study, "warm_start_keep") if count > 0 else 0
+        made = self._made(study, WARM_START) if count > 0 else 0
         if count <= 0 or made >= count:
             return False
         lowest, top = self.lowest_uniform(), self.highest_uniform()
         ratio = lowest + (top - lowest) * made / count  # never ``top`` itself: that is the dense model
-        self._enqueue(study, self._uniform_ratios(ratio), {"warm_start_keep": round(ratio, 6)})
+        self._enqueue(study, self._uniform_ratios(ratio), {WARM_START: round(ratio, 6)})
         return True
 
     def spread_start(self, study: optuna.Study, count: int, jitter: float = 0.15) -> bool:
@@ -277,7 +281,7 @@ class Strategy(abc.ABC):
         start-up population of a short search covers only the middle of the latency range; these cover all of
         it, and still differ from one group to the next. Seeded; plans over the cost limits are redrawn.
         Resumes count plans already made. Returns whether a plan was enqueued."""
-        k = self._made(study, "spread_start_level") if count > 0 else 0
+        k = self._made(study, SPREAD_START) if count > 0 else 0
         if count <= 0 or k >= count:
             return False
         rng = random.Random(f"{self.name}/{self.seed}/spread/{k}")
@@ -290,7 +294,7 @@ class Strategy(abc.ABC):
                 break
         else:
             ratios = self._uniform_ratios(level)
-        self._enqueue(study, ratios, {"spread_start_level": round(level, 6)})
+        self._enqueue(study, ratios, {SPREAD_START: round(level, 6)})
         return True
 
     def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
@@ -386,11 +390,12 @@ class UniformStrategy(Strategy):
         return [lowest + (top - lowest) * k / max(1, n - 1) for k in range(n)] if n > 1 else [lowest]
 
     def before_ask(self, study: optuna.Study) -> None:
-        done = {round(float(t.user_attrs.get("uniform_keep", -1)), 6) for t in study.trials}
+        done = {round(float(t.strategy_attrs[UNIFORM_KEEP]), 6) for t in decode_trials(study)
+                if UNIFORM_KEEP in t.strategy_attrs}
         sweep = self.sweep()
         pending = [r for r in sweep if round(r, 6) not in done]
         ratio = pending[0] if pending else sweep[len(study.trials) % len(sweep)]
-        self._enqueue(study, self._uniform_ratios(ratio), {"uniform_keep": round(ratio, 6)})
+        self._enqueue(study, self._uniform_ratios(ratio), {UNIFORM_KEEP: round(ratio, 6)})
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -15,10 +15,10 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from autoprune.plan import PruningPlan
 from autoprune.pruning.space import GroupSpec, LayerSpec, SearchSpace
+from autoprune.search.store import Measurement, ModelFigures
 from autoprune.search.strategies import Constraints
 
 
@@ -52,14 +52,16 @@ class SyntheticResult:
     seconds: float
     pid: int = 0  # the process that evaluated it
 
-    def attrs(self) -> dict[str, Any]:
-        return {
-            "plan": self.plan.to_dict(), "accuracy": self.accuracy, "proxy_accuracy": self.proxy_accuracy,
-            "per_class_accuracy": [], "latency_ms": self.latency_ms, "latency_provenance": "synthetic",
-            "latency_source": "autoprune.search.synthetic", "params": self.params, "nonzero_params": self.params,
-            "macs": 0, "mflops": 0.0, "size_mb": self.size_mb, "eval_seconds": round(self.seconds, 4),
-            "finetune_steps": self.finetune_steps, "fidelity": self.fidelity, "eval_pid": self.pid,
-        }
+    def attrs(self) -> Measurement:
+        """What the study store records (latency "synthetic": arithmetic on the pruned shapes)."""
+        return Measurement(
+            plan=self.plan.to_dict(), accuracy=self.accuracy, proxy_accuracy=self.proxy_accuracy,
+            per_class_accuracy=(), latency_ms=self.latency_ms, latency_provenance="synthetic",
+            latency_source="autoprune.search.synthetic",
+            stats=ModelFigures(self.params, self.params, 0, 0.0, self.size_mb), eval_seconds=round(self.seconds, 4),
+            finetune_steps=self.finetune_steps, finetune_budget=self.finetune_steps, fidelity=self.fidelity,
+            fidelity_reason="", curve=(), precision=self.plan.precision, eval_pid=self.pid,
+        )
 
 
 class SyntheticProblem:

@@ -16,7 +16,14 @@ from autoprune.data import load_data
 from autoprune.errors import UserError
 from autoprune.plan import kept_channels
 from autoprune.report import ExportSettings, distillation_loss, export_trial, read_host_latencies
-from autoprune.search.records import completed_records, pareto_records, study_info
+from autoprune.search.records import completed_records, pareto_records
+from autoprune.search.store import read_study_record
+
+
+def study_info(study):
+    """The study record as plain data, identity fields at the top level (what the assertions compare)."""
+    data = read_study_record(study).to_dict()
+    return {**data["identity"], **data}
 
 # Runs in a fresh interpreter that never imports autoprune: the .pt file must load with PyTorch alone.
 LOAD_WITHOUT_AUTOPRUNE = """

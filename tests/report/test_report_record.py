@@ -16,7 +16,14 @@ from autoprune.plan import kept_channels
 from autoprune.report import build_report, measure_trials, per_class_drops, render_md
 from autoprune.report.record import cost_model_info
 from autoprune.search.pareto import dominates, hypervolume
-from autoprune.search.records import completed_records, pareto_records, study_info
+from autoprune.search.records import completed_records, pareto_records
+from autoprune.search.store import read_study_record
+
+
+def study_info(study):
+    """The study record as plain data, identity fields at the top level (what the assertions compare)."""
+    data = read_study_record(study).to_dict()
+    return {**data["identity"], **data}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +127,7 @@ def test_cost_model_validation_figures(tmp_path, record):
                                                  "within_10_pct": 83.3, "kendall_tau": 0.91, "date": "2026-01-01"}}
     path = tmp_path / "jetson-validated.yaml"
     path.write_text(yaml.safe_dump(data))
-    info = cost_model_info({"target": str(path), "model": "resnet18", "input_shape": [1, 3, 16, 16]})
+    info = cost_model_info(str(path), "resnet18", [1, 3, 16, 16])
     assert info.validation["mape_pct"] == 7.5 and info.validation["kendall_tau"] == 0.91
     assert "MAPE 7.5%" in info.validation_summary and info.note == ""
 
