@@ -143,11 +143,12 @@ def test_front_table_with_int8_candidates_fits_80_columns():
 
     from autoprune.cli.search import pareto_table
     from autoprune.search import SearchResult, TrialRecord
+    from autoprune.search.store import DenseBaseline, ModelFigures
 
     rec = TrialRecord(number=3, strategy="nsga2", accuracy=0.95, latency_ms=0.2, latency_provenance="measured",
                       params=1_000_000, macs=1, mflops=2.0, size_mb=1.0, speedup=2.0, plan={}, feasible=True,
                       proxy_accuracy=0.9, fidelity="finetuned", finetune_steps=5, precision="int8")
-    dense = {"accuracy": 0.97, "latency_ms": 0.4, "params": 11_000_000, "mflops": 74.2, "latency_provenance": "measured"}
+    dense = DenseBaseline(0.97, (), (), 0.4, "measured", "", "trained", ModelFigures(11_000_000, 11_000_000, 1, 74.2, 44.0))
     console = Console(width=80, record=True)
     console.print(pareto_table(SearchResult("s", "sqlite:///x", ".", dense, [rec], 1, 0)))
     text = console.export_text()

@@ -245,7 +245,7 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
         raise cost_model.no_int8_error(config.model, config.input_shape)
     for path, flag in ((config.checkpoint, "--checkpoint"), (config.space_file, "--space")):
         if path and not Path(path).is_file():
-            raise UserError(f"{flag} {path!r}: no such file")
+            raise UserError(f"{flag} {path!r} does not exist; pass the path of an existing file")
     reporter.stage(f"loading data {config.data}")
     data = load_data(config.data, tuple(config.input_shape[2:]), config.seed)
     # The space depends on the architecture only: an untrained model of it prices every plan before training.

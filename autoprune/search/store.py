@@ -378,7 +378,9 @@ class StudyStore:
                 raise UserError(f"cannot open study storage {mask_url(url)!r}: {redact(first, url)} (pass an Optuna "
                                 "storage URL such as sqlite:///path/study.db)") from None
         if len(study.directions) == len(directions):  # a mismatch is the caller's to explain
-            study.set_metric_names(metric_names)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metric_names)
         store = cls(study, storage, heartbeat_interval, worker_retries, warn)
         holder.append(store)
         return store
