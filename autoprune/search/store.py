@@ -413,7 +413,10 @@ class StudyStore:
     # -- trials --------------------------------------------------------------------------------------------
     def ask(self, strategy: str) -> optuna.Trial:
         """A new (or waiting) trial, leased to this driver and labelled with ``strategy``."""
-        trial = with_retry(self.study.ask)
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize: here the Lease keeps them (ask/tell).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = with_retry(self.study.ask)
         if self._lease is not None:
             self._lease.hold(self._trial_id(trial.number))
         self.set_attrs(trial, trial_attrs(strategy=strategy))
