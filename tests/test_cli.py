@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -98,15 +99,48 @@ def test_study_with_other_model_is_refused(tiny_search, capsys):
         (["--model", "resnet18", "--target", "jetson", "--strategy", "tpee"], "did you mean 'tpe'"),
         (["--model", "resnet18", "--target", "jetson", "--importance", "snipp"], "did you mean 'snip'"),
         (["--model", "resnet18"], "Missing option '--target'"),
+        (["--model", "resnet18", "--target", "jetson", "--trial-timeout", "0"], "--trial-timeout must be a positive"),
+        (["--model", "resnet18", "--target", "jetson", "--trial-timeout", "-5"], "--trial-timeout must be a positive"),
+        (["--model", "resnet18", "--target", "jetson", "--trial-timeout", "nan"], "--trial-timeout must be a positive"),
+        (["--model", "resnet18", "--target", "jetson", "--heartbeat-interval", "0"], "--heartbeat-interval"),
+        (["--model", "resnet18", "--target", "jetson", "--worker-retries", "-1"], "--worker-retries must be 0"),
+        (["--model", "resnet18", "--target", "jetson", "--workers", "2"], "need --backend ray"),
+        (["--model", "resnet18", "--target", "jetson", "--backend", "ray", "--cpus-per-trial", "0"],
+         "--cpus-per-trial must be positive"),
+        (["--model", "resnet18", "--target", "jetson", "--precision", "int9"], "unknown precision 'int9'"),
+        (["--model", "resnet18", "--target", "jetson", "--max-params", "0"], "--max-params must be a positive"),
+        (["--model", "resnet18", "--target", "jetson", "--min-accuracy", "1.5"], "--min-accuracy is a fraction"),
+        (["--model", "resnet18", "--target", "jetson", "--distill-alpha", "2"], "distill"),
+        (["--model", "resnet18", "--target", "jetson", *TINY, "--space", "/no/such.yaml"], "does not exist"),
+        (["--model", "resnet18", "--target", "jetson", *TINY, "--max-latency-ms", "0.0001"],
+         "below the fastest plan"),
+        (["--model", "resnet18", "--target", "jetson", *TINY, "--storage", "postgresql://u:Pw-x1y2z3@127.0.0.1:1/db"],
+         "cannot open study storage 'postgresql://u:***@127.0.0.1:1/db'"),
+        (["--model", "resnet18", "--target", "jetson", *TINY, "--storage", "postgresql://u:***@127.0.0.1:1/db"],
+         "masked"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, fragment, capsys, tmp_path):
+    started = time.perf_counter()
     code, out, err = run_cli(capsys, "search", *args, "--out", str(tmp_path / "run"))
     assert code == 2, err
+    assert time.perf_counter() - started < 60  # refused before any training
     # Warnings (e.g. "this profile is calibrated, not measured") may precede it; the error is one last line.
     assert fragment in err.strip().splitlines()[-1]
     assert err.count("error:") == 1
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "Pw-x1y2z3" not in err + out
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_a_refused_run_keeps_the_previous_config(tiny_search, capsys):
+    out, _ = tiny_search
+    before = (out / "config.json").read_text()
+    code, _, err = run_cli(capsys, "search", "--model", "resnet18", "--target", "jetson", *TINY, "--trials", "4",
+                           "--seed", "7", "--out", str(out))
+    assert code == 2 and "holds trials for seed=0, not 7" in err.strip().splitlines()[-1]
+    assert (out / "config.json").read_text() == before
+    config = json.loads(before)
+    assert config["trial_timeout"] is None and config["heartbeat_interval"] == 10
 
 
 def test_debug_variable_shows_traceback(monkeypatch):

@@ -46,3 +46,48 @@ def test_consecutive_failures_stop_the_search_naming_the_cause(tmp_path, monkeyp
         run_search(SearchConfig(**TINY, strategy="random", trials=8, out_dir=str(tmp_path)))
     study = optuna.load_study(study_name="resnet18-jetson-digits", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 5  # all recorded, none lost
+
+
+def raise_on_calls(errors: dict[int, Exception]):
+    """A BatchNorm recalibration (the first step of every evaluation) that raises ``errors[k]`` on call k."""
+    real, calls = evaluator_module.recalibrate_bn, []
+
+    def recalibrate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in errors:
+            raise errors[len(calls)]
+        return real(*args, **kwargs)
+
+    return recalibrate
+
+
+def test_any_exception_in_the_real_evaluator_fails_only_its_trial(tmp_path, monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    errors = {1: OSError("image file is truncated (3 bytes not processed)"), 2: KeyError("conv1.weight"),
+              3: Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed")}
+    monkeypatch.setattr(evaluator_module, "recalibrate_bn", raise_on_calls(errors))
+    result = run_search(SearchConfig(**TINY, strategy="uniform", trials=4, out_dir=str(tmp_path)))
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    reasons = [t.user_attrs["fail_reason"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [r.split(":")[0] for r in reasons] == ["OSError", "KeyError", "Fail"]
+    assert "image file is truncated" in reasons[0] and "Load model failed" in reasons[2]
+    assert result.completed == 1 and result.failed == 3
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))  # no trial left behind
+
+
+def test_trial_timeout_is_validated_and_reaches_the_executor(tmp_path, monkeypatch):
+    from autoprune.search import backends
+
+    with pytest.raises(UserError, match="--trial-timeout must be a positive"):
+        SearchConfig(**TINY, trial_timeout=0.0)
+    seen = {}
+    real = backends.create_executor
+
+    def create_executor(backend, evaluator, ray_settings=None, trial_timeout_s=None):
+        seen["trial_timeout_s"] = trial_timeout_s
+        return real(backend, evaluator, ray_settings)
+
+    monkeypatch.setattr(backends, "create_executor", create_executor)
+    run_search(SearchConfig(**TINY, strategy="uniform", trials=1, out_dir=str(tmp_path), trial_timeout=2.5))
+    assert seen == {"trial_timeout_s": 2.5}

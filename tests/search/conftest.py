@@ -37,6 +37,8 @@ class PgServer:
     port: int
     user: str | None  # the system user the server runs as (None: this one)
 
+    password: str = PASSWORD
+
     @property
     def url(self) -> str:
         return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{self.port}/postgres"

@@ -10,9 +10,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autoprune.search.store import STALE_REASON, decode_trial
+
 pytestmark = pytest.mark.slow
 ARGS = ["--model", "resnet18", "--target", "jetson", "--data", "digits", "--input-shape", "1x3x16x16",
-        "--baseline-epochs", "1", "--finetune-steps", "20", "--no-multi-fidelity", "--strategy", "random", "--study", "s"]
+        "--baseline-epochs", "1", "--finetune-steps", "20", "--no-multi-fidelity", "--strategy", "random", "--study", "s",
+        "--heartbeat-interval", "1"]  # the killed run's lease expires 3 s after its last heartbeat
 # 20 fine-tune steps with multi-fidelity off: every trial lasts about a second, long enough to be caught mid-way.
 
 
@@ -65,8 +68,8 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_reruns_the_interrupte
     after = _study(tmp_path)
     done = {t.number: t.params for t in after.get_trials(states=(TrialState.COMPLETE,))}
     assert all(done[n] == p for n, p in completed.items())  # every completed trial still there
-    interrupted = after.trials[running[0].number]
-    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"].startswith("interrupted")
+    interrupted = decode_trial(after.trials[running[0].number])
+    assert interrupted.state == TrialState.FAIL and interrupted.fail_reason == STALE_REASON
     reruns = [t for t in after.trials if t.user_attrs.get("retry_of") == running[0].number]
     assert reruns and reruns[0].state == TrialState.COMPLETE and reruns[0].params == running[0].params
     assert len(done) == 4  # final count complete
