@@ -26,11 +26,11 @@ class TrialRecord:
     size_mb: float
     speedup: float  # dense latency / this latency
     plan: dict
-    feasible: bool  # met --max-latency-ms / --min-accuracy / --max-params when it was evaluated
-    proxy_accuracy: float  # after BN recalibration only
-    fidelity: str  # "proxy" | "cut_short" | "finetuned"
-    finetune_steps: int  # fine-tuning steps actually spent
-    precision: str  # fp32 | int8 (accuracy then measured on the quantized model in onnxruntime)
+    feasible: bool = True  # met --max-latency-ms / --min-accuracy / --max-params when it was evaluated
+    proxy_accuracy: float = float("nan")  # after BN recalibration only
+    fidelity: str = "finetuned"  # "proxy" | "cut_short" | "finetuned"
+    finetune_steps: int = -1  # fine-tuning steps actually spent (-1: unknown, in records built by hand)
+    precision: str = "fp32"  # fp32 | int8 (accuracy then measured on the quantized model in onnxruntime)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -140,3 +140,15 @@ def test_export_rejects_bad_input(study_run, tmp_path):
         ExportSettings(finetune_epochs=-1)
     with pytest.raises(UserError, match="trial 999 .* not a completed trial; completed trials: 0, 1"):
         export_trial(study_run.study(), 999, tmp_path, ExportSettings(finetune_epochs=0, measure=False))
+
+
+def test_export_refuses_an_unusable_out_before_any_work(study_run, tmp_path, capsys):
+    import time
+
+    (tmp_path / "a-file").write_text("x")
+    started = time.perf_counter()
+    code = main(["export", "--study", study_run.name, "--storage", study_run.storage, "--trial", "0",
+                 "--out", str(tmp_path / "a-file")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "is a file" in err
+    assert time.perf_counter() - started < 15  # no data loaded, nothing fine-tuned

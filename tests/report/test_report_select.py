@@ -89,3 +89,17 @@ def test_select_cli_on_a_real_study(study_run, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no Pareto-optimal trial runs within") and "--max-latency-ms" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_study_whose_name_needed_slugging_is_found_at_its_default_place(study_run, tmp_path, monkeypatch, capsys):
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "autoprune-runs" / "my-study" / "study.db"  # where `search --study "my study"` puts it
+    db.parent.mkdir(parents=True)
+    optuna.copy_study(from_study_name=study_run.name, from_storage=study_run.storage, to_storage=f"sqlite:///{db}",
+                      to_study_name="my study")
+    assert main(["select", "--study", "my study", "--knee", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["storage"] == f"sqlite:///{db.resolve()}"
+    assert main(["report", "--study", "my study", "--format", "md"]) == 0
+    assert (db.parent / "report.md").is_file()

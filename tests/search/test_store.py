@@ -164,3 +164,24 @@ def test_a_result_for_a_trial_another_driver_failed_is_dropped_with_a_warning(tm
     assert "dropped" in warnings[-1] and decode_trials(store.study)[0].fail_reason == STALE_REASON
     store.close()
     other.close()
+
+
+def test_a_trial_whose_lease_expired_is_requeued_at_most_worker_retries_times(tmp_path):
+    import time
+
+    live, warnings = _store(tmp_path, retries=1, interval=1)
+    for attempt in range(2):  # a driver dies holding the trial (its lease no longer renewed), twice
+        dead, _ = _store(tmp_path, retries=1, interval=1)
+        trial = dead.ask("random")
+        trial.suggest_float("keep/g", 0.25, 1.0, step=0.25)  # the retry gets the enqueued value back
+        dead.close()
+        live.fail_stale()  # too early: the lease holds for 3 intervals
+        assert decode_trials(live.study)[-1].state == TrialState.RUNNING
+        time.sleep(4.5)
+        live.fail_stale()
+    outcomes = decode_trials(live.study)
+    assert [(o.state, o.fail_reason, o.retry_of) for o in outcomes] == [
+        (TrialState.FAIL, STALE_REASON, None), (TrialState.FAIL, STALE_REASON, 0)]  # no third attempt
+    assert outcomes[1].params == outcomes[0].params
+    assert "re-run" in warnings[0] and "failed for good" in warnings[1]
+    live.close()
