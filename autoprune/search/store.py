@@ -355,6 +355,7 @@ class StudyStore:
         self.heartbeat_interval = heartbeat_interval if storage is not None else None
         self._study_id = storage.get_study_id_from_name(study.study_name) if storage is not None else None
         self._lease = Lease(storage, heartbeat_interval) if self.heartbeat_interval else None
+        self._ids: dict[int, int] = {}  # trial number -> storage trial id, of the trials this driver leased
 
     @classmethod
     def open(cls, url: str, name: str, directions: list[str], metric_names: list[str],
@@ -418,7 +419,8 @@ class StudyStore:
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
             trial = with_retry(self.study.ask)
         if self._lease is not None:
-            self._lease.hold(self._trial_id(trial.number))
+            self._ids[trial.number] = self._trial_id(trial.number)
+            self._lease.hold(self._ids[trial.number])
         self.set_attrs(trial, trial_attrs(strategy=strategy))
         return trial
 
@@ -495,8 +497,8 @@ class StudyStore:
                       "expired); this driver's result for it is dropped")
             return False
         finally:
-            if self._lease is not None:
-                self._lease.release(self._trial_id(trial.number))
+            if self._lease is not None and trial.number in self._ids:
+                self._lease.release(self._ids.pop(trial.number))
 
     def _frozen(self, number: int) -> FrozenTrial:
         return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)

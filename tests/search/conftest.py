@@ -1,6 +1,6 @@
 """A real PostgreSQL server for the tests that share a study between drivers: Debian's ``postgresql`` binaries,
 a fresh cluster in a temporary folder, listening on 127.0.0.1 at a free port, password authentication (so the
-tests can check the password never leaks). Skipped where the binaries or psycopg2 are missing; CI has both."""
+tests can check the password never leaks). Skipped where the binaries or psycopg are missing; CI has both."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def postgres():
     bindir = _bindir()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not installed (Debian package postgresql)")
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")  # what SQLAlchemy 2.1 uses for postgresql://
     user = "postgres" if os.geteuid() == 0 else None  # initdb refuses to run as root
     base = Path(tempfile.mkdtemp(prefix="autoprune-pg-"))
     base.chmod(0o755)
