@@ -367,9 +367,9 @@ def _actor_class():
     @ray.remote(max_restarts=0, max_task_retries=0)
     class EvaluatorActor:
         def __init__(self, evaluator, threads: int) -> None:
-            import torch
-
-            torch.set_num_threads(threads)
+            torch = sys.modules.get("torch")  # imported by the evaluator's unpickling if it needs it at all
+            if torch is not None:
+                torch.set_num_threads(threads)
             self.evaluator = on_worker_device(evaluator, ray.get_gpu_ids())
 
         def pid(self) -> int:
@@ -390,19 +390,35 @@ def _worker_death_errors(ray) -> tuple[type[BaseException], ...]:
     return (ex.RayActorError, ex.WorkerCrashedError, ex.ObjectLostError, ex.NodeDiedError, ex.OutOfMemoryError)
 
 
-@dataclass(frozen=True)
+class _Worker:
+    """One actor and, until it is known to have started, the call that answers once it has."""
+
+    def __init__(self, actor) -> None:
+        self.actor = actor
+        self.starting = actor.pid.remote()  # None once started
+
+
+@dataclass
 class _Running:
     key: int
     plan: PruningPlan
     guidance: Any
-    actor: Any
+    worker: _Worker
     attempt: int
-    started: float  # time.monotonic() at submit
+    submitted: float  # time.monotonic()
+    started: float | None = None  # when its worker was seen running (the trial's clock starts there)
 
 
 class RayExecutor(Executor):
-    """``settings.workers`` actors evaluating in parallel; see the module docstring. A trial's time counts from
-    its submission (a replacement worker's start-up is part of its first trial's time)."""
+    """``settings.workers`` actors evaluating in parallel; see the module docstring.
+
+    A trial's clock starts when its worker is seen running, so a worker's start-up (a new process importing
+    torch and unpickling the evaluator: seconds, more on a loaded machine) never counts against
+    ``trial_timeout_s``; with a timeout set, a worker that has not started ``worker_start_timeout_s`` after the
+    trial was submitted fails the trial too (a cluster whose resources other jobs hold).
+    """
+
+    worker_start_timeout_s = 300.0
 
     def __init__(self, evaluator, settings: RaySettings, trial_timeout_s: float | None = None) -> None:
         import ray
@@ -412,30 +428,34 @@ class RayExecutor(Executor):
         self.trial_timeout_s = trial_timeout_s
         self.deaths = 0
         self._ray = ray
-        self._idle: list = []
-        self._running: dict[Any, _Running] = {}  # object ref -> trial
+        self._idle: list[_Worker] = []
+        self._running: dict[Any, _Running] = {}  # object ref of the result -> trial
         self._started = connect_ray(settings)
         try:
             check_schedulable(settings, cluster_nodes(), "the Ray cluster")
             self._actor_cls = _actor_class().options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)
             self._evaluator_ref = ray.put(evaluator)
-            self._idle = [self._new_actor() for _ in range(settings.workers)]
+            self._idle = [self._new_worker() for _ in range(settings.workers)]
         except BaseException:
             self.close()
             raise
 
-    def _new_actor(self):
+    def _new_worker(self) -> _Worker:
         threads = max(1, int(self.settings.cpus_per_trial))
-        return self._actor_cls.remote(self._evaluator_ref, threads)
+        return _Worker(self._actor_cls.remote(self._evaluator_ref, threads))
 
     def worker_pids(self) -> list[int]:
-        actors = self._idle + [r.actor for r in self._running.values()]
-        return self._ray.get([a.pid.remote() for a in actors])
+        workers = self._idle + [r.worker for r in self._running.values()]
+        pids = self._ray.get([w.actor.pid.remote() for w in workers])
+        for worker in workers:
+            worker.starting = None
+        return pids
 
     def submit(self, key: int, plan: PruningPlan, guidance, attempt: int = 1) -> None:
-        actor = self._idle.pop() if self._idle else self._new_actor()
-        ref = actor.evaluate.remote(plan, guidance)
-        self._running[ref] = _Running(key, plan, guidance, actor, attempt, time.monotonic())
+        worker = self._idle.pop() if self._idle else self._new_worker()
+        ref = worker.actor.evaluate.remote(plan, guidance)
+        now = time.monotonic()
+        self._running[ref] = _Running(key, plan, guidance, worker, attempt, now, now if worker.starting is None else None)
 
     def in_flight(self) -> list[int]:
         return [r.key for r in self._running.values()]
@@ -443,67 +463,82 @@ class RayExecutor(Executor):
     def wait(self) -> list[Finished]:
         ray = self._ray
         while self._running:
-            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=self._until_next_deadline())
+            starting = {r.worker.starting: r for r in self._running.values() if r.started is None}
+            refs = [*self._running, *starting]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=self._until_next_deadline())
             if ready:  # collect every other one that is done too
-                ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
-            finished = [f for f in (self._collect(ref) for ref in ready) if f is not None]
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            finished = []
+            for ref in ready:
+                if ref in starting:
+                    starting[ref].worker.starting = None  # an actor that died starting fails its trial's ref too
+                    starting[ref].started = time.monotonic()
+                elif (done := self._collect(ref)) is not None:
+                    finished.append(done)
             finished += self._expire()
             if finished:
                 return finished
         return []
 
-    def _until_next_deadline(self) -> float | None:
+    def _deadline(self, run: _Running) -> float | None:
         if self.trial_timeout_s is None:
             return None
-        first = min(r.started for r in self._running.values())
-        return max(0.0, first + self.trial_timeout_s - time.monotonic())
+        if run.started is None:
+            return run.submitted + max(self.worker_start_timeout_s, self.trial_timeout_s)
+        return run.started + self.trial_timeout_s
+
+    def _until_next_deadline(self) -> float | None:
+        deadlines = [d for d in map(self._deadline, self._running.values()) if d is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _expire(self) -> list[Finished]:
         """Fail every trial past its deadline, killing its worker (the only way to stop an actor's task) and
         starting a new one in its place."""
-        if self.trial_timeout_s is None:
-            return []
         now = time.monotonic()
-        late = [ref for ref, r in self._running.items() if now - r.started >= self.trial_timeout_s]
+        late = [ref for ref, r in self._running.items() if (d := self._deadline(r)) is not None and now >= d]
         finished = []
         for ref in late:
             run = self._running.pop(ref)
-            self._replace(run.actor)
-            finished.append(Finished(run.key, error=timeout_reason(self.trial_timeout_s), attempts=run.attempt))
+            self._replace(run.worker)
+            reason = timeout_reason(self.trial_timeout_s) if run.started is not None else (
+                f"timeout: no Ray worker started within {self._deadline(run) - run.submitted:g} s "
+                "(does the cluster have the CPUs/GPUs free?)")
+            finished.append(Finished(run.key, error=reason, attempts=run.attempt))
         return finished
 
-    def _replace(self, actor) -> None:
-        self._kill(actor)
-        self._idle.append(self._new_actor())
+    def _replace(self, worker: _Worker) -> None:
+        self._kill(worker)
+        self._idle.append(self._new_worker())
 
     def _collect(self, ref) -> Finished | None:
         """The outcome of a finished ref; None when its worker died and the trial was submitted again."""
         ray = self._ray
         run = self._running.pop(ref)
+        run.worker.starting = None
         try:
             status, payload = ray.get(ref)
         except _worker_death_errors(ray) as err:
             self.deaths += 1
-            self._replace(run.actor)
+            self._replace(run.worker)
             if run.attempt <= self.settings.retries:
                 self.submit(run.key, run.plan, run.guidance, run.attempt + 1)
                 return None
             return Finished(run.key, error=f"worker died: {describe_error(err)} (after {run.attempt} attempts)",
                             attempts=run.attempt)
         except ray.exceptions.RayTaskError as err:  # raised in the task itself (e.g. its result did not pickle)
-            self._idle.append(run.actor)
+            self._idle.append(run.worker)
             return Finished(run.key, error=describe_error(getattr(err, "cause", None) or err), attempts=run.attempt)
         except Exception as err:  # noqa: BLE001 - anything else Ray says about one trial fails that trial only
-            self._replace(run.actor)  # the worker's state is unknown: do not trust it with the next trial
+            self._replace(run.worker)  # the worker's state is unknown: do not trust it with the next trial
             return Finished(run.key, error=f"ray: {describe_error(err)}", attempts=run.attempt)
-        self._idle.append(run.actor)
+        self._idle.append(run.worker)
         if status == "ok":
             return Finished(run.key, result=payload, attempts=run.attempt)
         return Finished(run.key, error=payload, attempts=run.attempt)
 
-    def _kill(self, actor) -> None:
+    def _kill(self, worker: _Worker) -> None:
         try:
-            self._ray.kill(actor, no_restart=True)
+            self._ray.kill(worker.actor, no_restart=True)
         except Exception as err:  # noqa: BLE001 - already gone, or Ray is going down: nothing left to stop
             logger.debug("could not kill a Ray worker: %s", describe_error(err))
 
@@ -511,10 +546,10 @@ class RayExecutor(Executor):
         """Kill every worker (a running trial's too: Ray cannot cancel an actor's task, only kill the actor) and
         shut down a runtime this executor started. Never raises: it runs in ``finally`` blocks, where an error
         here would hide the one that is propagating."""
-        actors = self._idle + [r.actor for r in self._running.values()]
+        workers = self._idle + [r.worker for r in self._running.values()]
         self._idle, self._running = [], {}
-        for actor in actors:
-            self._kill(actor)
+        for worker in workers:
+            self._kill(worker)
         if self._started:
             self._started = False
             try:
