@@ -189,6 +189,8 @@ class LocalExecutor(Executor):
 
 @dataclass(frozen=True)
 class RaySettings:
+    """Where and how wide a Ray search runs; validated as the CLI's flags (one line per mistake)."""
+
     workers: int = 2
     address: str | None = None  # None: start a loopback-only runtime; "auto" | HOST:PORT | ray://HOST:PORT
     cpus_per_trial: float = 1.0
@@ -367,7 +369,9 @@ def _actor_class():
     @ray.remote(max_restarts=0, max_task_retries=0)
     class EvaluatorActor:
         def __init__(self, evaluator, threads: int) -> None:
-            torch = sys.modules.get("torch")  # imported by the evaluator's unpickling if it needs it at all
+            # torch is imported by the evaluator's unpickling if it needs it at all (seconds per worker otherwise);
+            # one imported later reads OMP_NUM_THREADS, which Ray sets to the actor's CPUs
+            torch = sys.modules.get("torch")
             if torch is not None:
                 torch.set_num_threads(threads)
             self.evaluator = on_worker_device(evaluator, ray.get_gpu_ids())
