@@ -11,7 +11,6 @@ skipping (every candidate gets the full fine-tune), so the work per trial is com
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -20,9 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Nothing here imports Ray before the search does: autoprune.search.backends then sets up its private runtime
+# (127.0.0.1 only, token authentication with a token made for this process, no usage stats).
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def test_parallel_trials_and_a_killed_worker_on_a_local_runtime(tmp_path):
     assert [t.user_attrs.get("attempts", 1) for t in complete].count(2) == 1  # the retried trial
     pids = {t.user_attrs["eval_pid"] for t in complete}
     assert len(pids) >= 2 and os.getpid() not in pids  # evaluated in worker processes, two at a time
-    assert wall < 30
+    assert wall < 60  # 6 trials of 0.5 s, two at a time, plus worker start-up; 43 s seen at load 7 on 2 cores
     local = _search(LocalExecutor(SyntheticEvaluator(problem)), 6, problem)
     shape = _shape(local)
     assert [(s, p, tuple(a for a in attrs if a != "attempts")) for s, p, attrs in _shape(study)] == shape
