@@ -1,7 +1,10 @@
 """The dense baseline: loaded from a checkpoint, or trained once and cached.
 
 Cache entries live under ``$AUTOPRUNE_HOME/baselines`` keyed by everything that determines the weights
-(model, data spec, input shape, classes, seed, recipe, starting weights). The weights are written first and
+(model, data spec, input shape, classes, seed, recipe, starting weights), plus the data's own signature when it
+has one (its train-time augmentation) and the device's numerics when it is not the CPU: CUDA-trained weights
+(other kernels, mixed precision) differ from CPU-trained ones, so neither is passed off as the other. Which CPU
+or which GPU does not enter the key. The weights are written first and
 the metadata last, both atomically, so a half-written entry is never taken as valid.
 """
 
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from autoprune.data import DataBundle
+from autoprune.devices import numerics_key
 from autoprune.models import create_model, load_checkpoint
 from autoprune.paths import atomic_write_bytes, atomic_write_json, autoprune_home
 from autoprune.training import TrainRecipe, evaluate, train_epochs
@@ -54,8 +58,10 @@ class BaselineSpec:
             weights=data.get("weights"),
         )
 
-    def cache_key(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    def cache_key(self, extra: str = "") -> str:
+        """A file-name-safe key; ``extra`` (data signature, device numerics) joins the digest when not empty."""
+        content = self.to_dict() if not extra else {**self.to_dict(), "extra": extra}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.model}-{digest}"
 
 
@@ -79,11 +85,14 @@ def get_baseline(
     checkpoint: Path | None = None,
     trust_checkpoint: bool = False,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> Baseline:
-    """Return the dense model for ``spec``: from ``checkpoint``, from the cache, or trained now and cached.
+    """Return the dense model for ``spec``: from ``checkpoint``, from the cache, or trained now (on ``device``)
+    and cached. The model is returned on the CPU in eval mode.
 
     ``on_epoch(epoch, epochs, loss)`` reports training progress.
     """
+    device = torch.device(device)
     # The initial weights come from the global generator: seed it, or they would depend on whatever drew
     # random numbers earlier in the process and the same spec could train to a different model.
     with torch.random.fork_rng(devices=[]):
@@ -91,22 +100,23 @@ def get_baseline(
         model = create_model(spec.model, spec.num_classes, spec.weights)
     if checkpoint is not None:
         model = load_checkpoint(model, checkpoint, trust=trust_checkpoint)
-        accuracy = _accuracy(model, data, spec)
-        return Baseline(model.eval(), accuracy, f"checkpoint {checkpoint}", cached=False)
+        accuracy = _accuracy(model, data, spec, device)
+        return Baseline(_on_cpu(model), accuracy, f"checkpoint {checkpoint}", cached=False)
 
-    key = spec.cache_key()
+    key = spec.cache_key(";".join(part for part in (data.signature, numerics_key(device)) if part))
     weights_path = baseline_dir() / f"{key}.pt"
     meta_path = baseline_dir() / f"{key}.json"
     cached = _load_cached(model, weights_path, meta_path)
     if cached is not None:
         return Baseline(model.eval(), cached, f"cache {weights_path}", cached=True)
 
-    loader = data.loader("train", spec.recipe.batch_size, spec.seed)
+    loader = data.loader("train", spec.recipe.batch_size, spec.seed, device=device)
     train_epochs(
         model, loader, spec.recipe, spec.seed,
-        on_epoch=(lambda e, loss: on_epoch(e, spec.recipe.epochs, loss)) if on_epoch else None,
+        on_epoch=(lambda e, loss: on_epoch(e, spec.recipe.epochs, loss)) if on_epoch else None, device=device,
     )
-    accuracy = _accuracy(model, data, spec)
+    accuracy = _accuracy(model, data, spec, device)
+    model = _on_cpu(model)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     atomic_write_bytes(weights_path, buffer.getvalue())
@@ -114,8 +124,13 @@ def get_baseline(
     return Baseline(model.eval(), accuracy, f"trained, cached at {weights_path}", cached=False)
 
 
-def _accuracy(model: nn.Module, data: DataBundle, spec: BaselineSpec) -> float:
-    return evaluate(model, data.loader("val", 256, spec.seed), data.num_classes).accuracy
+def _accuracy(model: nn.Module, data: DataBundle, spec: BaselineSpec, device: torch.device) -> float:
+    return evaluate(model, data.loader("val", 256, spec.seed, device=device), data.num_classes, device).accuracy
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """The model back on the CPU in the default layout: pruning, export and latency models work there."""
+    return model.to("cpu", memory_format=torch.contiguous_format).eval()
 
 
 def _load_cached(model: nn.Module, weights_path: Path, meta_path: Path) -> float | None:

@@ -1,32 +1,26 @@
-"""Training, brief fine-tuning, evaluation and BatchNorm recalibration. CPU-friendly, seeded."""
+"""Evaluation, BatchNorm recalibration, and the two common uses of :class:`autoprune.trainer.Trainer`.
+
+The training loop itself lives in :mod:`autoprune.trainer`; its public names are re-exported here because
+the rest of the package (and older code) imports them from this module.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autoprune.devices import to_device
+from autoprune.trainer import (  # noqa: F401 - re-exported
+    LossFn, NonFiniteLoss, StepHook, Trainer, TrainRecipe, cross_entropy_loss, cycle,
+)
 
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss; the candidate is unusable."""
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How a baseline is trained. Part of the baseline cache key: change it and the baseline retrains."""
-
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+FINETUNE_MOMENTUM = 0.9
+FINETUNE_WEIGHT_DECAY = 5e-4
 
 
 @dataclass(frozen=True)
@@ -42,22 +36,10 @@ class EvalResult:
         return tuple(c / t if t else float("nan") for c, t in zip(self.correct_per_class, self.total_per_class))
 
 
-def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def _step(model, optimizer, images, labels, loss_fn) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model, images, labels)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"loss became {loss.item()} during training")
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
-def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(model(images), labels)
+def finetune_recipe(lr: float, batch_size: int = 64) -> TrainRecipe:
+    """The brief fine-tune's recipe: SGD momentum 0.9, weight decay 5e-4, cosine to zero from ``lr``."""
+    return TrainRecipe(epochs=0, batch_size=batch_size, lr=lr, momentum=FINETUNE_MOMENTUM,
+                       weight_decay=FINETUNE_WEIGHT_DECAY)
 
 
 def train_epochs(
@@ -66,33 +48,15 @@ def train_epochs(
     recipe: TrainRecipe,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> float:
-    """Train ``model`` for ``recipe.epochs`` epochs with SGD and a cosine schedule; return the last epoch's mean loss.
+    """Train ``model`` for ``recipe.epochs`` epochs on ``device``; return the last epoch's mean loss.
 
-    ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1).
+    ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1). The model is left on
+    ``device`` in eval mode.
     """
-    torch.manual_seed(seed)
-    optimizer = _sgd(model, recipe.lr, recipe.momentum, recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, recipe.epochs * len(loader)))
-    model.train()
-    mean_loss = math.nan
-    for epoch in range(1, recipe.epochs + 1):
-        total, batches = 0.0, 0
-        for images, labels in loader:
-            total += _step(model, optimizer, images, labels, cross_entropy_loss)
-            scheduler.step()
-            batches += 1
-        mean_loss = total / max(1, batches)
-        if on_epoch is not None:
-            on_epoch(epoch, mean_loss)
-    model.eval()
-    return mean_loss
-
-
-def cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches from ``loader`` forever (a new shuffled pass each time it runs out)."""
-    while True:
-        yield from loader
+    trainer = Trainer(model, recipe, recipe.epochs * len(loader), device=device, seed=seed)
+    return trainer.fit_epochs(loader, recipe.epochs, on_epoch)
 
 
 def finetune_steps(
@@ -101,33 +65,33 @@ def finetune_steps(
     steps: int,
     lr: float = 0.01,
     seed: int = 0,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+    loss_fn: LossFn = cross_entropy_loss,
+    after_step: StepHook | None = None,
+    device: torch.device | str = "cpu",
 ) -> float:
-    """Fine-tune ``model`` for ``steps`` SGD steps; return the mean loss of the last steps (NaN if ``steps == 0``).
-
-    Raises :class:`NonFiniteLoss` as soon as the loss is NaN or infinite.
-    """
+    """Fine-tune ``model`` for ``steps`` SGD steps (:func:`finetune_recipe`); return the mean loss of the last
+    (up to) 10 steps, NaN if ``steps == 0``. Raises :class:`NonFiniteLoss` when the loss is NaN or infinite."""
     if steps <= 0:
         return math.nan
-    torch.manual_seed(seed)
-    optimizer = _sgd(model, lr, 0.9, 5e-4)
-    model.train()
-    losses = []
-    for _, (images, labels) in zip(range(steps), cycle(loader)):
-        losses.append(_step(model, optimizer, images, labels, loss_fn))
-    model.eval()
-    tail = losses[-min(10, len(losses)) :]
-    return sum(tail) / len(tail)
+    trainer = Trainer(model, finetune_recipe(lr), steps, device=device, loss_fn=loss_fn, after_step=after_step,
+                      seed=seed)
+    batches = cycle(loader)
+    head = steps - min(10, steps)
+    if head:
+        trainer.run(batches, head)
+    return trainer.run(batches, steps - head)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> EvalResult:
-    """Top-1 accuracy of ``model`` over ``loader``, overall and per class."""
-    model.eval()
-    correct = torch.zeros(num_classes, dtype=torch.long)
-    total = torch.zeros(num_classes, dtype=torch.long)
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = "cpu") -> EvalResult:
+    """Top-1 accuracy of ``model`` over ``loader`` on ``device`` (FP32), overall and per class."""
+    device = torch.device(device)
+    model.to(device).eval()
+    correct = torch.zeros(num_classes, dtype=torch.long, device=device)
+    total = torch.zeros(num_classes, dtype=torch.long, device=device)
     for images, labels in loader:
-        predictions = model(images).argmax(dim=1)
+        labels = labels.to(device, non_blocking=True)
+        predictions = model(to_device(images, device, torch.contiguous_format)).argmax(dim=1)
         total += torch.bincount(labels, minlength=num_classes)
         correct += torch.bincount(labels[predictions == labels], minlength=num_classes)
     overall = int(correct.sum()) / max(1, int(total.sum()))
@@ -135,8 +99,8 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> EvalResu
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int) -> None:
-    """Re-estimate BatchNorm running statistics on ``batches`` training batches (no weight update).
+def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int, device: torch.device | str = "cpu") -> None:
+    """Re-estimate BatchNorm running statistics on ``batches`` training batches (no weight update), on ``device``.
 
     Pruning changes the activation statistics each BN layer sees; recomputing them is the cheap proxy that
     recovers most of the accuracy a pruned candidate will have after fine-tuning.
@@ -144,13 +108,15 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: int) -> None:
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
         return
+    device = torch.device(device)
+    model.to(device)
     saved = [(m, m.momentum) for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
     for _, (images, _labels) in zip(range(batches), cycle(loader)):
-        model(images)
+        model(to_device(images, device, torch.contiguous_format))
     for m, momentum in saved:
         m.momentum = momentum
     model.eval()
