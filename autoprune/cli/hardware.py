@@ -35,13 +35,6 @@ def _space(model: str, input_shape: str, alignment: int, space_file: Path | None
     return space.with_overrides(space_file) if space_file else space
 
 
-def _profile_path(target: str) -> Path:
-    from autoprune.hardware import load_profile
-
-    profile = load_profile(target)
-    return Path(profile.path.strip("'"))
-
-
 # --- targets / latency ---------------------------------------------------------------------------------------------
 def targets(json_output: bool = typer.Option(False, "--json", help="print the targets as JSON.")) -> None:
     """List hardware targets (shipped and your own profiles) with how their latencies were obtained."""
@@ -157,7 +150,8 @@ def _read_plan(path: Path) -> dict:
 @profile_app.command("measure")
 def profile_measure(
     model: str = typer.Option(..., "--model", help="torchvision model whose layer shapes to measure."),
-    out: Path = typer.Option(..., "--out", help="profile file to write (merged into if it exists)."),
+    out: Path = typer.Option(..., "--out", help="profile file to write (merged into if it exists); timings taken so "
+                             "far are kept next to it in OUT.partial.jsonl, and the same command resumes from them."),
     space_file: Path = typer.Option(None, "--space", help="search space file (per-group keep ranges)."),
     backend_name: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | torch | tensorrt."),
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW, batch 1."),
@@ -187,6 +181,7 @@ def profile_measure(
     from autoprune.hardware.profile import read_profile
     from autoprune.hardware.profiling import (
         calibration_from,
+        checkpoint_path,
         default_alignment,
         host_profile,
         measure_table,
@@ -199,11 +194,14 @@ def profile_measure(
     space = _space(model, input_shape, align, space_file, num_classes)
     sigs = signature_grid(space, align, "fp32", max_points)
     timing = Timing(warmup, repeats)
+    checkpoint = runner.Checkpoint(checkpoint_path(out))
+    if len(checkpoint):
+        err_console.print(f"resuming: {len(checkpoint)} timings already taken are read from {checkpoint.path}")
     if backend_name == "onnxruntime" and calibration_points > 1:
         label = f"measuring {len(sigs)} layer signatures + {calibration_points} whole models"
         with _progress(label) as progress:
             entries, overhead, plans, measured = measure_with_calibration(
-                space, sigs, threads, timing, calibration_points, progress, pin_cpu)
+                space, sigs, threads, timing, calibration_points, progress, pin_cpu, checkpoint)
         profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
         profile = calibration_from(profile, space, plans, measured,
                                    f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random "
@@ -211,9 +209,10 @@ def profile_measure(
                                    runner.last_level_cache_mb())
     else:
         with _progress(f"measuring {len(sigs)} layer signatures") as progress:
-            entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu)
+            entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu, checkpoint)
         profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
     save_profile(profile, out)
+    checkpoint.remove()
     err_console.print(f"wrote {out}: {len(profile.entries)} entries, alignment {align}, "
                       f"call overhead {overhead:.4f} ms")
 
@@ -270,7 +269,8 @@ def profile_run(
     backend_name: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | tensorrt (trtexec)."),
     threads: int = typer.Option(None, "--threads"),
 ) -> None:
-    """Time an exported bundle on this device (needs only onnxruntime + numpy, or trtexec)."""
+    """Time an exported bundle on this device (needs only onnxruntime + numpy, or trtexec); an interrupted run
+    resumes from DIR/results.partial.jsonl when started again."""
     from autoprune.hardware import device_runner
 
     if not (folder / device_runner.MANIFEST).is_file():
@@ -324,10 +324,14 @@ def profile_validate(
     rounds: int = typer.Option(1, "--rounds", help="repeat the measurement this many times and score the median; "
                                "from 3 on, also report how repeatable the measurement itself was (the noise "
                                "ceiling)."),
+    out: Path = typer.Option(None, "--out", help="profile file to write the validated profile to (default: the "
+                             "target's own file, or for a shipped profile a copy in $AUTOPRUNE_HOME/"
+                             "hardware_profiles, which then overrides the shipped one by name)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Measure N random plans here and score the cost model (MAPE, ±5/±10%, Kendall tau); store it in the profile."""
     from autoprune.hardware import load_profile, save_profile
+    from autoprune.hardware.profile import writable_path
     from autoprune.hardware.profiling import validate
 
     if samples < 2:
@@ -344,7 +348,8 @@ def profile_validate(
     label = f"measuring {samples} random plans" + (f" × {rounds} rounds" if rounds > 1 else "")
     with _progress(label) as progress:
         profile, result, points = validate(profile, space, samples, seed, progress, command, pin_cpu, rounds)
-    save_profile(profile, _profile_path(target))
+    written = save_profile(profile, out if out is not None else writable_path(profile))
+    err_console.print(f"wrote {written}")
     if json_output:
         print_json({**vars(result), "points": [{"predicted_ms": p.predicted_ms, "measured_ms": p.measured_ms}
                                                for p in points]})

@@ -162,6 +162,11 @@ class HardwareProfile:
     def measured(self) -> bool:
         return self.provenance == "measured"
 
+    @property
+    def file(self) -> Path | None:
+        """The file this profile was read from (None for a profile built in memory)."""
+        return Path(self.path.strip("'")) if self.path else None
+
     def to_dict(self) -> dict[str, Any]:
         latency: dict[str, Any] = {"model": self.latency_model}
         if self.latency_model == "table":
@@ -324,6 +329,26 @@ def profile_dirs() -> list[Path]:
     except FileNotFoundError:
         pass
     return [d for d in dirs if d.is_dir()]
+
+
+def is_shipped(path: Path) -> bool:
+    """Whether ``path`` lies in the shipped ``hardware_profiles`` folder (part of the installation)."""
+    try:
+        shipped = shipped_dir("hardware_profiles").resolve()
+    except FileNotFoundError:
+        return False
+    return Path(path).resolve().is_relative_to(shipped)
+
+
+def writable_path(profile: HardwareProfile) -> Path:
+    """Where an updated ``profile`` is written: its own file, unless that is shipped with autoprune; then a copy of
+    the same name in ``$AUTOPRUNE_HOME/hardware_profiles`` (which overrides the shipped one when loaded by name)."""
+    from autoprune.paths import autoprune_home
+
+    own = profile.file
+    if own is not None and not is_shipped(own):
+        return own
+    return autoprune_home() / "hardware_profiles" / f"{profile.name}.yaml"
 
 
 def _named_files() -> dict[str, Path]:

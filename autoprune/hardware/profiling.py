@@ -108,24 +108,30 @@ def _overhead_model() -> tuple[nn.Module, tuple[int, ...]]:
 # --- measuring a table on this machine ---------------------------------------------------------------------------
 def measure_table(signatures: list[LayerSignature], backend_name: str = "onnxruntime", threads: int = 1,
                   timing: Timing = Timing(20, 100), progress: Progress | None = None,
-                  pin_cpu: int | None = None) -> tuple[list[LatencyEntry], float]:
+                  pin_cpu: int | None = None, checkpoint: runner.Checkpoint | None = None,
+                  ) -> tuple[list[LatencyEntry], float]:
     """Time each signature's micro-model; return entries (ms, call overhead subtracted) and that overhead (ms).
 
     The per-call overhead of the runtime (measured on a one-op graph) is subtracted from every entry so the
-    table holds what a layer adds inside a whole model, where there is one call for all layers.
+    table holds what a layer adds inside a whole model, where there is one call for all layers. With a
+    ``checkpoint`` each signature's timings are stored as they are taken, and a re-run resumes from them.
     """
     run = backend(backend_name)
     with pinned(pin_cpu):
         model, shape = _overhead_model()
         overhead = run(model, shape, threads, timing)["median_ms"] if backend_name != "tensorrt" else 0.0
         if backend_name == "onnxruntime":
-            items = [_onnx_item(sig) for sig in signatures]
-            stats = runner.time_ort_many(items, threads, timing.warmup, timing.repeats, timing.rounds,
-                                         _scaled(progress, len(signatures)))
+            stats = runner.time_ort_many([_onnx_item(sig) for sig in signatures], threads, timing.warmup,
+                                         timing.repeats, timing.rounds, _scaled(progress, len(signatures)),
+                                         [layer_key(sig, threads, timing) for sig in signatures], checkpoint)
         else:
             stats = []
             for i, sig in enumerate(signatures):
-                stats.append(run(*micro_model(sig), threads, timing))
+                key = f"{backend_name} {layer_key(sig, threads, timing)}"
+                done = checkpoint.get(key) if checkpoint is not None else None
+                stats.append(done or run(*micro_model(sig), threads, timing))
+                if checkpoint is not None and done is None:
+                    checkpoint.put(key, stats[-1])
                 if progress is not None:
                     progress(i + 1, len(signatures))
     entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
@@ -133,11 +139,38 @@ def measure_table(signatures: list[LayerSignature], backend_name: str = "onnxrun
     return entries, overhead
 
 
-def _onnx_item(sig: LayerSignature) -> tuple[bytes, tuple[int, ...]]:
+def layer_key(sig: LayerSignature, threads: int, timing: Timing) -> str:
+    """Checkpoint key of one layer measurement: what is timed and how."""
+    return f"layer {sig.key()} threads={threads} warmup={timing.warmup} repeats={timing.repeats}/{timing.rounds}"
+
+
+def plan_key(space: SearchSpace, plan: PruningPlan, threads: int, timing: Timing) -> str:
+    """Checkpoint key of one whole-model measurement."""
+    return (f"model {model_key(space.model, space.input_shape)} {json.dumps(plan.to_dict(), sort_keys=True)} "
+            f"threads={threads} warmup={timing.warmup} repeats={timing.repeats}/{timing.rounds}")
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where ``profile measure --out OUT`` keeps the timings of a run in progress: next to OUT."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _onnx_item(sig: LayerSignature):
+    """A lazy ONNX micro-model for ``sig`` (built only if it still needs timing) and its input shape."""
     from autoprune.onnx_export import onnx_bytes
 
-    model, shape = micro_model(sig)
-    return onnx_bytes(model, shape), shape
+    def build() -> bytes:
+        return onnx_bytes(*micro_model(sig))
+
+    return build, micro_model_shape(sig)
+
+
+def micro_model_shape(sig: LayerSignature) -> tuple[int, ...]:
+    """The input shape of ``sig``'s micro-model (batch 1), without building it."""
+    if sig.op == "linear":
+        return (1, sig.cin) if sig.in_h * sig.in_w == 1 else (1, sig.in_h * sig.in_w, sig.cin)
+    return 1, sig.cin, sig.in_h, sig.in_w
 
 
 def _scaled(progress: Progress | None, total: int) -> Progress | None:
@@ -341,23 +374,27 @@ def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 12, se
 
 def measure_with_calibration(space: SearchSpace, signatures: list[LayerSignature], threads: int = 1,
                              timing: Timing = Timing(20, 200, 5), calibration_points: int = 12,
-                             progress: Progress | None = None, pin_cpu: int | None = None):
+                             progress: Progress | None = None, pin_cpu: int | None = None,
+                             checkpoint: runner.Checkpoint | None = None):
     """Layer entries and whole-model calibration points timed in the same interleaved onnxruntime passes.
 
     Timing them together matters on a shared machine: calibration measured minutes after the table sees other
     load, and would fit that drift instead of the model's real overheads (pooling, additions, graph I/O).
+    With a ``checkpoint``, every piece is stored as it is taken and a re-run resumes from it.
     Returns (entries, call overhead ms, calibration plans, their median latencies in ms).
     """
     from autoprune.onnx_export import onnx_bytes
 
     plans = [PruningPlan(alignment=space.alignment)] + random_plans(space, calibration_points - 1, 0, space.alignment)
-    models = plan_items(space, plans)
+    models = [(lambda plan=plan: onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape)
+              for plan in plans]
+    keys = [layer_key(s, threads, timing) for s in signatures] + [plan_key(space, p, threads, timing) for p in plans]
     with pinned(pin_cpu):
         overhead = runner.time_ort(onnx_bytes(*_overhead_model()), (1, 1, 1, 1), threads, timing.warmup,
                                    timing.repeats)["median_ms"]
         items = [_onnx_item(sig) for sig in signatures] + models
         stats = runner.time_ort_many(items, threads, timing.warmup, timing.repeats, timing.rounds,
-                                     _scaled(progress, len(items)))
+                                     _scaled(progress, len(items)), keys, checkpoint)
     entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
                for sig, st in zip(signatures, stats)]
     return entries, overhead, plans, [st["median_ms"] for st in stats[len(signatures):]]
