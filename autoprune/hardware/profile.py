@@ -63,6 +63,9 @@ class Roofline:
     fit: str = ""
     int8_peak_gflops: float | None = None  # INT8 tensor-core peak in GOP/s; None: no INT8 path on this device
     int8_alignment: int = 32  # INT8 kernels tile channels by 32 (TensorRT on tensor cores)
+    # Fitted per op type ("depthwise", "linear", ...): multipliers of ``efficiency`` and of ``bandwidth_gbs``.
+    op_efficiency: tuple[tuple[str, float], ...] = ()
+    op_bandwidth: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,9 @@ class HardwareProfile:
                                    "efficiency": r.efficiency, "fixed_ms_per_layer": r.fixed_ms_per_layer,
                                    "bytes_per_element": r.bytes_per_element, **({"fit": r.fit} if r.fit else {}),
                                    **({"int8_peak_gflops": r.int8_peak_gflops, "int8_alignment": r.int8_alignment}
-                                      if r.int8_peak_gflops else {})}
+                                      if r.int8_peak_gflops else {}),
+                                   **({"op_efficiency": dict(r.op_efficiency)} if r.op_efficiency else {}),
+                                   **({"op_bandwidth": dict(r.op_bandwidth)} if r.op_bandwidth else {})}
         data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
@@ -233,6 +238,19 @@ def _drop_none(d: Mapping) -> dict:
     return {k: v for k, v in d.items() if v is not None and v != ""}
 
 
+def _roofline(data: Mapping) -> Roofline:
+    def value(key, v):
+        if key == "fit":
+            return v
+        if key == "int8_alignment":
+            return int(v)
+        if key in ("op_efficiency", "op_bandwidth"):
+            return tuple((str(op), float(x)) for op, x in v.items())
+        return float(v)
+
+    return Roofline(**{k: value(k, v) for k, v in data.items()})
+
+
 def profile_from_dict(data: Any, where: str) -> HardwareProfile:
     """Validate parsed profile data and build the record."""
     validate_profile_data(data, where)
@@ -245,9 +263,7 @@ def profile_from_dict(data: Any, where: str) -> HardwareProfile:
         )
         for e in latency.get("entries") or []
     )
-    roofline = Roofline(**{k: (v if k == "fit" else int(v) if k == "int8_alignment" else float(v))
-                           for k, v in latency["roofline"].items()}) \
-        if latency["model"] == "roofline" else None
+    roofline = _roofline(latency["roofline"]) if latency["model"] == "roofline" else None
     validation = {}
     for key, v in (data.get("validation") or {}).items():
         v = dict(v)

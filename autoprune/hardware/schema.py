@@ -19,6 +19,7 @@ RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 LATENCY_MODELS = ("table", "roofline")
 LAYER_OPS = ("conv", "linear", "maxpool", "avgpool")  # as signature.OPS; kept here so parsing needs no torch
+ROOFLINE_OPS = ("conv", "depthwise", "linear", "pool")  # as latency_models.op_type
 SIGNATURE_FIELDS = ("op", "cin", "cout", "kernel", "stride", "padding", "groups", "in_h", "in_w", "dtype")
 
 
@@ -167,7 +168,7 @@ def _check_latency(c: _Checker, value: Any) -> None:
         r = c.mapping(value["roofline"], "latency.roofline",
                       required=("peak_gflops", "bandwidth_gbs", "efficiency", "fixed_ms_per_layer",
                                 "bytes_per_element"),
-                      optional=("fit", "int8_peak_gflops", "int8_alignment"))
+                      optional=("fit", "int8_peak_gflops", "int8_alignment", "op_efficiency", "op_bandwidth"))
         c.number(r["peak_gflops"], "latency.roofline.peak_gflops", 0.0, exclusive=True)
         c.number(r["bandwidth_gbs"], "latency.roofline.bandwidth_gbs", 0.0, exclusive=True)
         eff = c.number(r["efficiency"], "latency.roofline.efficiency", 0.0, exclusive=True)
@@ -181,6 +182,11 @@ def _check_latency(c: _Checker, value: Any) -> None:
             c.number(r["int8_peak_gflops"], "latency.roofline.int8_peak_gflops", 0.0, exclusive=True)
         if "int8_alignment" in r:
             c.integer(r["int8_alignment"], "latency.roofline.int8_alignment", 1)
+        for name in ("op_efficiency", "op_bandwidth"):
+            if name in r:
+                ops = c.mapping(r[name], f"latency.roofline.{name}", required=(), optional=ROOFLINE_OPS)
+                for op, factor in ops.items():
+                    c.number(factor, f"latency.roofline.{name}.{op}", 0.0, exclusive=True)
 
 
 def _check_entry(c: _Checker, entry: Any, path: str) -> None:
