@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from autoprune.cli.common import err_console, out_console, parse_input_shape, print_json
 from autoprune.errors import UserError
@@ -88,10 +89,13 @@ def latency(
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW, batch 1."),
     num_classes: int = typer.Option(10, "--num-classes", help="classifier outputs."),
     measure: bool = typer.Option(False, "--measure", help="also measure on this machine (onnxruntime CPU)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="when the target is this machine, "
+                                   "re-fit the calibration here first (seconds, cached); missing layer shapes are "
+                                   "measured here either way."),
     json_output: bool = typer.Option(False, "--json", help="print JSON."),
 ) -> None:
     """Predict a (pruned) model's latency on a target, with provenance and a per-layer breakdown."""
-    from autoprune.hardware import CostModel, load_profile, measure_model_latency
+    from autoprune.hardware import load_profile, measure_model_latency, prepare_cost_model
     from autoprune.hardware.profiling import build_pruned
     from autoprune.plan import PruningPlan
 
@@ -106,7 +110,9 @@ def latency(
         plan = _plan_from_checkpoint(checkpoint, space)
     else:
         plan = PruningPlan()
-    estimate = CostModel(profile).predict(space, plan)
+    with _progress("measuring on this machine") as progress:
+        model_ = prepare_cost_model(profile, space, progress, _note, calibrate=calibrate)
+    estimate = model_.predict(space, plan)
     measured = None
     if measure:
         measured = measure_model_latency(build_pruned(space, plan), space.input_shape, max(profile.threads, 1))
@@ -119,7 +125,9 @@ def latency(
     for name, ms in estimate.per_layer:
         table.add_row(name, f"{ms:.4f}")
     out_console.print(table)
-    out_console.print(f"predicted: {estimate.latency_ms:.4f} ms [{estimate.provenance}] {estimate.source}")
+    here = f", calibrated on this machine {estimate.calibration_date}" if estimate.calibrated_here else ""
+    out_console.print(escape(f"predicted: {estimate.latency_ms:.4f} ms [{estimate.provenance}{here}] "
+                             f"{estimate.source}"))
     out_console.print(f"size: {estimate.params:,} nonzero conv/linear params, {estimate.size_mb:.3f} MB at "
                       f"{profile.precision}; {estimate.macs / 1e6:.1f} MMACs")
     if estimate.validation:
@@ -132,6 +140,10 @@ def latency(
                           f"{measured.provenance}")
         if profile.runtime != "onnxruntime":
             out_console.print("note: the measurement is this machine's CPU, not the target device")
+
+
+def _note(text: str) -> None:
+    err_console.print(escape(f"note: {text}"))
 
 
 def _read_plan(path: Path) -> dict:
@@ -307,6 +319,43 @@ def profile_import(
     profile = import_results(results, out.stem, base, space)
     save_profile(profile, out)
     err_console.print(f"wrote {out}: {len(profile.entries)} entries ({profile.provenance_source})")
+
+
+@profile_app.command("calibrate")
+def profile_calibrate(
+    target: str = typer.Option("cpu", "--target", help="a measured onnxruntime profile (this machine's target)."),
+    model: str = typer.Option(..., "--model"),
+    input_shape: str = typer.Option("1x3x32x32", "--input-shape"),
+    num_classes: int = typer.Option(10, "--num-classes"),
+    plans: int = typer.Option(10, "--plans", help="whole models to time: the dense one and PLANS-1 random plans."),
+    budget: float = typer.Option(20.0, "--budget", help="seconds of timing to spend (fewer runs for slow models)."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-fit the target's per-model calibration on this machine now (a search does it by itself, once, cached)."""
+    from autoprune.hardware import load_profile
+    from autoprune.hardware.local import cache_dir, measure_missing, runs_here, self_calibrate
+    from autoprune.hardware.signature import model_key
+
+    if plans < 3:
+        raise UserError(f"--plans must be at least 3 (a calibration fits a line and checks it), got {plans}")
+    if budget <= 0:
+        raise UserError(f"--budget must be a positive number of seconds, got {budget:g}")
+    profile = load_profile(target)
+    if not runs_here(profile):
+        raise UserError(f"target {profile.name!r} is not this machine ({profile.runtime} on {profile.device}); "
+                        "calibrate a device with `autoprune profile export/run/import`")
+    space = _space(model, input_shape, profile.alignment, None, num_classes)
+    with _progress("timing whole models on this machine") as progress:
+        folder = cache_dir(profile)
+        measured = measure_missing(profile, space, progress, _note)
+        calibrated = self_calibrate(measured, space, progress, _note, force=True, plans=plans, budget_s=budget,
+                                    folder=folder)
+    record = calibrated.calibration[model_key(space.model, space.input_shape)]
+    if json_output:
+        print_json({k: v for k, v in vars(record).items() if v is not None})
+        return
+    out_console.print(f"{profile.name} for {model_key(space.model, space.input_shape)}: a={record.a:.4g}, "
+                      f"b={record.b:.4g} ms, {record.points} points ({record.source})")
 
 
 NOISY_BELOW_PCT = 90.0  # validate --rounds: below this share of repeatable plans, the machine is too noisy to judge

@@ -6,6 +6,7 @@ there", ``measure`` "how fast is this model here", ``profiling`` "fill, calibrat
 
 from autoprune.hardware.cost_model import CostModel, LatencyEstimate
 from autoprune.hardware.latency_models import LATENCY_MODELS, LatencyModel, latency_model_for, staircase
+from autoprune.hardware.local import prepare_cost_model
 from autoprune.hardware.measure import LatencyMeasurement, measure_model_latency
 from autoprune.hardware.profile import (
     ALIASES,
@@ -36,6 +37,7 @@ __all__ = [
     "load_profile",
     "measure_model_latency",
     "model_key",
+    "prepare_cost_model",
     "save_profile",
     "staircase",
     "unmeasured_warning",

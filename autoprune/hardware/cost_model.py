@@ -59,11 +59,14 @@ class LatencyEstimate:
     stored_mb: float = 0.0  # weights the runtime reads: zeros included on a dense target (the memory term's input)
     validation: Validation | None = None
     notes: tuple[str, ...] = ()
+    calibrated_here: bool = False  # the calibration was fitted on the machine making this prediction
+    calibration_date: str = ""
 
     def to_dict(self) -> dict:
         return {
             "target": self.target, "latency_ms": round(self.latency_ms, 6), "provenance": self.provenance,
-            "source": self.source, "calibrated": self.calibrated, "macs": self.macs, "params": self.params,
+            "source": self.source, "calibrated": self.calibrated, "calibrated_here": self.calibrated_here,
+            "calibration_date": self.calibration_date, "macs": self.macs, "params": self.params,
             "size_mb": round(self.size_mb, 4),
             "validation": None if self.validation is None else self.validation.summary(),
             "per_layer": [{"layer": n, "ms": round(ms, 6)} for n, ms in self.per_layer],
@@ -188,8 +191,9 @@ class CostModel:
             if calibration.spill_ms_per_mb:
                 spill = (f", +{calibration.spill_ms_per_mb:.4g} ms per MB of weights beyond the "
                          f"{calibration.cache_mb:g} MB cache")
-            source += (f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms{spill} "
-                       f"({calibration.source})")
+            where = " fitted on this machine" if _fitted_here(calibration) else ""
+            source += (f"; per-model calibration{where} a={calibration.a:.4g}, b={calibration.b:.4g} ms{spill} "
+                       f"({calibration.source}, {calibration.date})")
         if dtype == "int8":
             source += "; INT8 (static quantization)"
         if not calibrated and self.latency.uncalibrated_note:
@@ -199,6 +203,8 @@ class CostModel:
             target=profile.name, calibrated=calibrated, macs=macs, params=params,
             size_mb=size_mb, stored_mb=stored_mb,
             validation=profile.validation.get(key), notes=tuple(notes),
+            calibrated_here=calibrated and _fitted_here(calibration),
+            calibration_date=calibration.date if calibrated else "",
         )
 
     def layer_sum_ms(self, space: SearchSpace, plan: PruningPlan) -> float:
@@ -207,6 +213,15 @@ class CostModel:
         dtype = plan_dtype(plan, self.profile)
         return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, dtype),
                                        space.model, space.input_shape) for layer in self._priced(space, dtype))
+
+
+def _fitted_here(calibration) -> bool:
+    """Whether ``calibration`` was fitted on this machine (it records the machine's fingerprint)."""
+    if not calibration.machine:
+        return False
+    from autoprune.hardware.local import this_machine  # imported late: local builds on this module
+
+    return calibration.machine == this_machine().fingerprint
 
 
 def _plan_mapping(plan: PruningPlan, name: str) -> Mapping:

@@ -177,6 +177,63 @@ def time_ort_many(items, threads: int = 1, warmup: int = 20, repeats: int = 100,
     return [robust_stats(s) for s in samples]
 
 
+def time_ort_paired(items, reference, threads: int = 1, warmup: int = 10, repeats: int = 100, rounds: int = 5,
+                    progress=None) -> tuple[list[dict], dict]:
+    """Time each ``(model, input_shape)`` item right after the ``reference`` model, in ``rounds`` passes.
+
+    Returns, per item, its stats plus ``ratio`` (its median over the median of the reference runs taken next to
+    it) and ``reference_ms``, and the reference's stats over all its runs. Every run is also timed on this
+    thread's CPU clock (``cpu_median_ms``, ``cpu_ratio``): with one intra-op thread onnxruntime computes on the
+    calling thread, so that clock leaves out the time other processes held the core. On a machine whose speed drifts
+    (other tenants, frequency scaling), the ratio of two models timed seconds apart barely moves while either
+    absolute time does: a cost model can be judged and calibrated on ratios without fitting the drift.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def prepare(source, shape):
+        session = ort_session(source() if callable(source) else source, threads)
+        return session, {session.get_inputs()[0].name: rng.standard_normal(tuple(shape)).astype(np.float32)}
+
+    ref = prepare(*reference)
+    runs = [prepare(*item) for item in items]
+    per_round = max(1, -(-repeats // rounds))
+    mine: list[list[float]] = [[] for _ in runs]
+    beside: list[list[float]] = [[] for _ in runs]
+    clock = time.perf_counter
+
+    cpu_clock = time.thread_time
+
+    def block(run, count: int, first: bool) -> list[tuple[float, float]]:
+        session, feed = run
+        for _ in range(warmup if first else 2):
+            session.run(None, feed)
+        out = []
+        for _ in range(count):
+            start, cpu_start = clock(), cpu_clock()
+            session.run(None, feed)
+            out.append(((clock() - start) * 1e3, (cpu_clock() - cpu_start) * 1e3))
+        return out
+
+    for r in range(rounds):
+        for i, run in enumerate(runs):
+            beside[i] += block(ref, per_round, r == 0 and i == 0)
+            mine[i] += block(run, per_round, r == 0)
+        if progress is not None:
+            progress(r + 1, rounds)
+    out = []
+    for own, near in zip(mine, beside):
+        stats = robust_stats([w for w, _ in own])
+        near_ms = statistics.median(w for w, _ in near)
+        cpu_ms, near_cpu_ms = statistics.median(c for _, c in own), statistics.median(c for _, c in near)
+        out.append({**stats, "ratio": stats["median_ms"] / near_ms, "reference_ms": near_ms,
+                    "cpu_median_ms": cpu_ms, "cpu_ratio": cpu_ms / near_cpu_ms if near_cpu_ms > 0 else float("nan")})
+    reference_stats = robust_stats([w for near in beside for w, _ in near])
+    reference_stats["cpu_median_ms"] = statistics.median(c for near in beside for _, c in near)
+    return out, reference_stats
+
+
 def time_trtexec(onnx_path: Path, precision: str = "fp16", warmup_ms: int = 200, iterations: int = 200,
                  trtexec: str | None = None) -> dict:
     """Latency of an ONNX model built and timed by TensorRT's ``trtexec`` (GPU compute time per inference, ms)."""

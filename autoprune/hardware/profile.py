@@ -97,6 +97,7 @@ class Calibration:
     residual_ms: float | None = None
     spill_ms_per_mb: float = 0.0
     cache_mb: float | None = None
+    machine: str = ""  # fingerprint of the machine it was fitted on (see local.this_machine), "" if unrecorded
 
     def spill_ms(self, weight_mb: float) -> float:
         """The memory term for a model holding ``weight_mb`` MB of weights (0 without a fitted spill)."""

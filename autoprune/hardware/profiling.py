@@ -276,10 +276,21 @@ def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured
 
 
 def plan_items(space: SearchSpace, plans: list[PruningPlan]) -> list[tuple[bytes, tuple[int, ...]]]:
-    """Each plan's pruned model as ONNX bytes with its input shape: what a whole-model measurement runs."""
+    """Each plan's pruned model as ONNX bytes with its input shape: what a whole-model measurement runs.
+
+    The dense model is exported once and each plan's graph is sliced from it (milliseconds, see
+    :mod:`autoprune.hardware.onnx_prune`); a model whose graph cannot be sliced is pruned and exported per plan.
+    """
+    from autoprune.hardware.onnx_prune import Unsliceable, slice_onnx
+    from autoprune.models import create_model
     from autoprune.onnx_export import onnx_bytes
 
-    return [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
+    classes = space.layers[-1].out_channels if space.layers and space.layers[-1].op == "linear" else 1000
+    dense = onnx_bytes(create_model(space.model, classes).eval(), space.input_shape)
+    try:
+        return [(slice_onnx(dense, space, plan), space.input_shape) for plan in plans]
+    except Unsliceable:
+        return [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
 
 
 def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],

@@ -209,13 +209,15 @@ def _check_per_model(c: _Checker, value: Any, path: str, check: Callable) -> Non
 
 def _check_calibration(c: _Checker, value: Any, path: str) -> None:
     c.mapping(value, path, required=("a", "b", "points", "source"),
-              optional=("date", "residual_ms", "spill_ms_per_mb", "cache_mb"))
+              optional=("date", "residual_ms", "spill_ms_per_mb", "cache_mb", "machine"))
     c.number(value["a"], f"{path}.a", 0.0, exclusive=True)
     c.number(value["b"], f"{path}.b", None)
     c.integer(value["points"], f"{path}.points", 1)
     c.string(value["source"], f"{path}.source")
     if "residual_ms" in value:
         c.number(value["residual_ms"], f"{path}.residual_ms")
+    if "machine" in value:
+        c.string(value["machine"], f"{path}.machine")
     for name in ("spill_ms_per_mb", "cache_mb"):
         if name in value:
             c.number(value[name], f"{path}.{name}", 0.0)
