@@ -378,7 +378,8 @@ def profile_validate(
                              "hardware_profiles, which then overrides the shipped one by name)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Measure N random plans here and score the cost model (MAPE, ±5/±10%, Kendall tau); store it in the profile."""
+    """Measure N random plans here, each next to the dense model, and score the cost model on absolute times and
+    on ratios to the dense model (MAPE, ±5/±10%, Kendall tau); store the score in the profile."""
     from autoprune.hardware import load_profile, save_profile
     from autoprune.hardware.profile import writable_path
     from autoprune.hardware.profiling import validate
@@ -400,8 +401,9 @@ def profile_validate(
     written = save_profile(profile, out if out is not None else writable_path(profile))
     err_console.print(f"wrote {written}")
     if json_output:
-        print_json({**vars(result), "points": [{"predicted_ms": p.predicted_ms, "measured_ms": p.measured_ms}
-                                               for p in points]})
+        print_json({**vars(result), "points": [{"predicted_ms": p.predicted_ms, "measured_ms": p.measured_ms,
+                                                "predicted_ratio": p.predicted_ratio,
+                                                "measured_ratio": p.measured_ratio} for p in points]})
         return
     out_console.print(f"{profile.name}: {result.summary()}")
     if result.repeatable_10_pct is not None and result.repeatable_10_pct < NOISY_BELOW_PCT:

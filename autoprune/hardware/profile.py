@@ -125,14 +125,27 @@ class Validation:
     # Share (%) of plans whose `rounds` measurements all lie within ±10% of their median: the ceiling the noise
     # of this machine puts on `within_10_pct`. None after a single round.
     repeatable_10_pct: float | None = None
+    # The same scores on latency ratios plan / dense, each plan timed next to the dense model (drift cancels).
+    ratio_mape_pct: float | None = None
+    ratio_within_5_pct: float | None = None
+    ratio_within_10_pct: float | None = None
+    # Analytic profiles fitted on published figures: median leave-one-out error (%) over them.
+    loo_median_pct: float | None = None
 
     def summary(self) -> str:
         repeat = ("" if self.repeatable_10_pct is None else
                   f"; the measurement itself repeated within ±10% for {self.repeatable_10_pct:.0f}% of plans over "
                   f"{self.rounds} rounds")
+        ratio = ("" if self.ratio_mape_pct is None else
+                 f"; as ratios to the dense model: MAPE {self.ratio_mape_pct:.1f}%, {self.ratio_within_10_pct:.0f}% "
+                 f"within ±10%")
+        if self.loo_median_pct is not None:
+            return (f"fitted on {self.samples} published figures: leave-one-out error median "
+                    f"{self.loo_median_pct:.1f}%, MAPE {self.mape_pct:.1f}%, {self.within_10_pct:.0f}% within ±10%, "
+                    f"Kendall tau {self.kendall_tau:.3f} ({self.date})")
         return (f"validated on {self.samples} random plans: MAPE {self.mape_pct:.1f}%, "
                 f"{self.within_10_pct:.0f}% within ±10%, {self.within_5_pct:.0f}% within ±5%, "
-                f"Kendall tau {self.kendall_tau:.3f} ({self.date}){repeat}")
+                f"Kendall tau {self.kendall_tau:.3f} ({self.date}){ratio}{repeat}")
 
 
 @dataclass(frozen=True)

@@ -260,13 +260,19 @@ def build_pruned(space: SearchSpace, plan: PruningPlan) -> nn.Module:
 
 @dataclass(frozen=True)
 class PlanPoint:
-    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms), its weights (MB)."""
+    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms), its weights (MB).
+
+    A plan timed next to the dense model also carries both latency ratios plan / dense, predicted and measured:
+    a slower machine moves both absolute times and neither ratio.
+    """
 
     plan: PruningPlan
     layer_sum_ms: float
     predicted_ms: float
     measured_ms: float
     weight_mb: float = 0.0
+    predicted_ratio: float | None = None
+    measured_ratio: float | None = None
 
 
 def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured_ms: float) -> PlanPoint:
@@ -305,6 +311,23 @@ def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[Prun
                                      _scaled(progress, len(plans)))
     # The median resists the bursts of a shared machine better than any mean.
     return [plan_point(model, space, plan, st["median_ms"]) for plan, st in zip(plans, stats)]
+
+
+def measure_plans_paired(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan], items: list,
+                         dense_item, timing: Timing = Timing(10, 200, 10), progress: Progress | None = None,
+                         pin_cpu: int | None = None) -> list[PlanPoint]:
+    """Predict and measure each plan, each timed right after the dense model (``dense_item``, from
+    :func:`plan_items`): absolute medians (ms) and the ratios plan / dense, predicted and measured."""
+    model = CostModel(profile)
+    dense_ms = model.predict(space, PruningPlan(alignment=profile.alignment)).latency_ms
+    with pinned(pin_cpu):
+        stats, _ = runner.time_ort_paired(items, dense_item, max(profile.threads, 1), timing.warmup, timing.repeats,
+                                          timing.rounds, _scaled(progress, len(plans)))
+    points = []
+    for plan, st in zip(plans, stats):
+        point = plan_point(model, space, plan, st["median_ms"])
+        points.append(replace(point, predicted_ratio=point.predicted_ms / dense_ms, measured_ratio=st["ratio"]))
+    return points
 
 
 # Calibration forms: (a, b, spill) = coefficients of (layer sum, 1, MB of weights beyond the cache).
@@ -446,11 +469,15 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
              rounds: int = 1) -> tuple[HardwareProfile, Validation, list[PlanPoint]]:
     """Measure ``samples`` random plans (seed distinct from calibration's) and store the score in the profile.
 
-    Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs. With
-    ``rounds`` > 1 the whole measurement is repeated that many times, one after the other; each plan is scored on
-    the median of its rounds, and from three rounds on the validation records how repeatable the measurement
-    itself was: the share of plans whose rounds all lie within ±10% of their median. On a machine whose cache
-    or cores are shared with other tenants, that share bounds what any cost model can score.
+    Each plan is timed right after the dense model (10 passes of 20 runs each, both), and scored twice: on its
+    absolute median (ms) and on its ratio to the dense runs beside it (predicted plan/dense against measured).
+    A machine that is slower today than when the profile was measured, or that slows down halfway, fails the
+    first and not the second: the ratio says whether the model ranks and scales plans right, the absolute figure
+    whether it also knows this machine's speed. With ``rounds`` > 1 the whole measurement is repeated that many
+    times, one after the other; each plan is scored on the median of its rounds, and from three rounds on the
+    validation records how repeatable the measurement itself was: the share of plans whose rounds all lie within
+    ±10% of their median. On a machine whose cache or cores are shared with other tenants, that share bounds what
+    any cost model can score.
     """
     if profile.runtime != "onnxruntime":
         raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
@@ -458,24 +485,38 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     plans = random_plans(space, samples, seed, profile.alignment)
-    items = plan_items(space, plans)
+    dense_item, *items = plan_items(space, [PruningPlan(alignment=profile.alignment), *plans])
     measured = []
     for r in range(rounds):
         shifted = None if progress is None else (lambda done, total, r=r: progress(r * total + done, rounds * total))
-        measured.append(measure_plans(profile, space, plans, progress=shifted, pin_cpu=pin_cpu, items=items))
+        measured.append(measure_plans_paired(profile, space, plans, items, dense_item, progress=shifted,
+                                             pin_cpu=pin_cpu))
     per_plan = np.array([[p.measured_ms for p in round_points] for round_points in measured])  # rounds x plans
+    ratios = np.median(np.array([[p.measured_ratio for p in round_points] for round_points in measured]), axis=0)
     median = np.median(per_plan, axis=0)
-    points = [replace(p, measured_ms=float(m)) for p, m in zip(measured[0], median)]
+    points = [replace(p, measured_ms=float(m), measured_ratio=float(q)) for p, m, q in zip(measured[0], median, ratios)]
     key = model_key(space.model, space.input_shape)
-    how = "measured = median of 300 onnxruntime runs in 10 interleaved passes"
+    how = ("measured = median of 200 onnxruntime runs in 10 passes, each pass right after as many runs of the "
+           "dense model; ratio = that median over the median of the dense runs beside it")
     if rounds > 1:
-        how += f", then the median of {rounds} such rounds run one after the other"
+        how += f"; then the median of {rounds} such rounds run one after the other"
     result = replace(score(points, command, f"random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
                                             f"{how}"), calibrated=key in profile.calibration, rounds=rounds)
+    result = replace(result, **ratio_score(points))
     if rounds >= 3:  # with two rounds the median is their mean and "within ±10% of it" allows 20% between them
         spread = np.abs(per_plan - median).max(axis=0) / median
         result = replace(result, repeatable_10_pct=round(float((spread <= 0.10).mean() * 100), 2))
     return replace(profile, validation={**profile.validation, key: result}), result, points
+
+
+def ratio_score(points: list[PlanPoint]) -> dict:
+    """The drift-free part of a validation: error (%) of the predicted plan/dense ratio against the measured one."""
+    pred = np.array([p.predicted_ratio for p in points])
+    meas = np.array([p.measured_ratio for p in points])
+    err = np.abs(pred - meas) / meas
+    return {"ratio_mape_pct": round(float(err.mean() * 100), 3),
+            "ratio_within_5_pct": round(float((err <= 0.05).mean() * 100), 2),
+            "ratio_within_10_pct": round(float((err <= 0.10).mean() * 100), 2)}
 
 
 # --- the host/device split ---------------------------------------------------------------------------------------

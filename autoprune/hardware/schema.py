@@ -228,12 +228,16 @@ def _check_calibration(c: _Checker, value: Any, path: str) -> None:
 def _check_validation(c: _Checker, value: Any, path: str) -> None:
     c.mapping(value, path, required=("samples", "mape_pct", "within_5_pct", "within_10_pct", "kendall_tau", "date"),
               optional=("machine", "command", "note", "measured_range_ms", "calibrated", "rounds",
-                        "repeatable_10_pct"))
+                        "repeatable_10_pct", "ratio_mape_pct", "ratio_within_5_pct", "ratio_within_10_pct",
+                        "loo_median_pct"))
     c.integer(value["samples"], f"{path}.samples", 1)
     c.number(value["mape_pct"], f"{path}.mape_pct")
     if "rounds" in value:
         c.integer(value["rounds"], f"{path}.rounds", 1)
-    for key in ("within_5_pct", "within_10_pct", "repeatable_10_pct"):
+    for name in ("ratio_mape_pct", "loo_median_pct"):
+        if name in value:
+            c.number(value[name], f"{path}.{name}")
+    for key in ("within_5_pct", "within_10_pct", "repeatable_10_pct", "ratio_within_5_pct", "ratio_within_10_pct"):
         if key not in value:
             continue
         pct = c.number(value[key], f"{path}.{key}")
