@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from autoprune.cli.common import err_console, out_console, parse_input_shape, print_json
 from autoprune.errors import UserError
@@ -33,13 +34,6 @@ def _space(model: str, input_shape: str, alignment: int, space_file: Path | None
 
     space = generate_space(create_model(model, num_classes), model, parse_input_shape(input_shape), alignment)
     return space.with_overrides(space_file) if space_file else space
-
-
-def _profile_path(target: str) -> Path:
-    from autoprune.hardware import load_profile
-
-    profile = load_profile(target)
-    return Path(profile.path.strip("'"))
 
 
 # --- targets / latency ---------------------------------------------------------------------------------------------
@@ -95,10 +89,13 @@ def latency(
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW, batch 1."),
     num_classes: int = typer.Option(10, "--num-classes", help="classifier outputs."),
     measure: bool = typer.Option(False, "--measure", help="also measure on this machine (onnxruntime CPU)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="when the target is this machine, "
+                                   "re-fit the calibration here first (seconds, cached); missing layer shapes are "
+                                   "measured here either way."),
     json_output: bool = typer.Option(False, "--json", help="print JSON."),
 ) -> None:
     """Predict a (pruned) model's latency on a target, with provenance and a per-layer breakdown."""
-    from autoprune.hardware import CostModel, load_profile, measure_model_latency
+    from autoprune.hardware import load_profile, measure_model_latency, prepare_cost_model
     from autoprune.hardware.profiling import build_pruned
     from autoprune.plan import PruningPlan
 
@@ -113,7 +110,9 @@ def latency(
         plan = _plan_from_checkpoint(checkpoint, space)
     else:
         plan = PruningPlan()
-    estimate = CostModel(profile).predict(space, plan)
+    with _progress("measuring on this machine") as progress:
+        model_ = prepare_cost_model(profile, space, progress, _note, calibrate=calibrate)
+    estimate = model_.predict(space, plan)
     measured = None
     if measure:
         measured = measure_model_latency(build_pruned(space, plan), space.input_shape, max(profile.threads, 1))
@@ -126,7 +125,9 @@ def latency(
     for name, ms in estimate.per_layer:
         table.add_row(name, f"{ms:.4f}")
     out_console.print(table)
-    out_console.print(f"predicted: {estimate.latency_ms:.4f} ms [{estimate.provenance}] {estimate.source}")
+    here = f", calibrated on this machine {estimate.calibration_date}" if estimate.calibrated_here else ""
+    out_console.print(escape(f"predicted: {estimate.latency_ms:.4f} ms [{estimate.provenance}{here}] "
+                             f"{estimate.source}"))
     out_console.print(f"size: {estimate.params:,} nonzero conv/linear params, {estimate.size_mb:.3f} MB at "
                       f"{profile.precision}; {estimate.macs / 1e6:.1f} MMACs")
     if estimate.validation:
@@ -139,6 +140,10 @@ def latency(
                           f"{measured.provenance}")
         if profile.runtime != "onnxruntime":
             out_console.print("note: the measurement is this machine's CPU, not the target device")
+
+
+def _note(text: str) -> None:
+    err_console.print(escape(f"note: {text}"))
 
 
 def _read_plan(path: Path) -> dict:
@@ -157,7 +162,8 @@ def _read_plan(path: Path) -> dict:
 @profile_app.command("measure")
 def profile_measure(
     model: str = typer.Option(..., "--model", help="torchvision model whose layer shapes to measure."),
-    out: Path = typer.Option(..., "--out", help="profile file to write (merged into if it exists)."),
+    out: Path = typer.Option(..., "--out", help="profile file to write (merged into if it exists); timings taken so "
+                             "far are kept next to it in OUT.partial.jsonl, and the same command resumes from them."),
     space_file: Path = typer.Option(None, "--space", help="search space file (per-group keep ranges)."),
     backend_name: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | torch | tensorrt."),
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW, batch 1."),
@@ -187,6 +193,7 @@ def profile_measure(
     from autoprune.hardware.profile import read_profile
     from autoprune.hardware.profiling import (
         calibration_from,
+        checkpoint_path,
         default_alignment,
         host_profile,
         measure_table,
@@ -199,11 +206,14 @@ def profile_measure(
     space = _space(model, input_shape, align, space_file, num_classes)
     sigs = signature_grid(space, align, "fp32", max_points)
     timing = Timing(warmup, repeats)
+    checkpoint = runner.Checkpoint(checkpoint_path(out))
+    if len(checkpoint):
+        err_console.print(f"resuming: {len(checkpoint)} timings already taken are read from {checkpoint.path}")
     if backend_name == "onnxruntime" and calibration_points > 1:
         label = f"measuring {len(sigs)} layer signatures + {calibration_points} whole models"
         with _progress(label) as progress:
             entries, overhead, plans, measured = measure_with_calibration(
-                space, sigs, threads, timing, calibration_points, progress, pin_cpu)
+                space, sigs, threads, timing, calibration_points, progress, pin_cpu, checkpoint)
         profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
         profile = calibration_from(profile, space, plans, measured,
                                    f"fitted on {len(plans)} whole-model onnxruntime measurements (dense + random "
@@ -211,9 +221,10 @@ def profile_measure(
                                    runner.last_level_cache_mb())
     else:
         with _progress(f"measuring {len(sigs)} layer signatures") as progress:
-            entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu)
+            entries, overhead = measure_table(sigs, backend_name, threads, timing, progress, pin_cpu, checkpoint)
         profile = host_profile(out.stem, entries, overhead, backend_name, threads, align, timing, base=base)
     save_profile(profile, out)
+    checkpoint.remove()
     err_console.print(f"wrote {out}: {len(profile.entries)} entries, alignment {align}, "
                       f"call overhead {overhead:.4f} ms")
 
@@ -270,7 +281,8 @@ def profile_run(
     backend_name: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | tensorrt (trtexec)."),
     threads: int = typer.Option(None, "--threads"),
 ) -> None:
-    """Time an exported bundle on this device (needs only onnxruntime + numpy, or trtexec)."""
+    """Time an exported bundle on this device (needs only onnxruntime + numpy, or trtexec); an interrupted run
+    resumes from DIR/results.partial.jsonl when started again."""
     from autoprune.hardware import device_runner
 
     if not (folder / device_runner.MANIFEST).is_file():
@@ -309,6 +321,43 @@ def profile_import(
     err_console.print(f"wrote {out}: {len(profile.entries)} entries ({profile.provenance_source})")
 
 
+@profile_app.command("calibrate")
+def profile_calibrate(
+    target: str = typer.Option("cpu", "--target", help="a measured onnxruntime profile (this machine's target)."),
+    model: str = typer.Option(..., "--model"),
+    input_shape: str = typer.Option("1x3x32x32", "--input-shape"),
+    num_classes: int = typer.Option(10, "--num-classes"),
+    plans: int = typer.Option(10, "--plans", help="whole models to time: the dense one and PLANS-1 random plans."),
+    budget: float = typer.Option(20.0, "--budget", help="seconds of timing to spend (fewer runs for slow models)."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-fit the target's per-model calibration on this machine now (a search does it by itself, once, cached)."""
+    from autoprune.hardware import load_profile
+    from autoprune.hardware.local import cache_dir, measure_missing, runs_here, self_calibrate
+    from autoprune.hardware.signature import model_key
+
+    if plans < 3:
+        raise UserError(f"--plans must be at least 3 (a calibration fits a line and checks it), got {plans}")
+    if budget <= 0:
+        raise UserError(f"--budget must be a positive number of seconds, got {budget:g}")
+    profile = load_profile(target)
+    if not runs_here(profile):
+        raise UserError(f"target {profile.name!r} is not this machine ({profile.runtime} on {profile.device}); "
+                        "calibrate a device with `autoprune profile export/run/import`")
+    space = _space(model, input_shape, profile.alignment, None, num_classes)
+    with _progress("timing whole models on this machine") as progress:
+        folder = cache_dir(profile)
+        measured = measure_missing(profile, space, progress, _note)
+        calibrated = self_calibrate(measured, space, progress, _note, force=True, plans=plans, budget_s=budget,
+                                    folder=folder)
+    record = calibrated.calibration[model_key(space.model, space.input_shape)]
+    if json_output:
+        print_json({k: v for k, v in vars(record).items() if v is not None})
+        return
+    out_console.print(f"{profile.name} for {model_key(space.model, space.input_shape)}: a={record.a:.4g}, "
+                      f"b={record.b:.4g} ms, {record.points} points ({record.source})")
+
+
 NOISY_BELOW_PCT = 90.0  # validate --rounds: below this share of repeatable plans, the machine is too noisy to judge
 
 
@@ -324,10 +373,15 @@ def profile_validate(
     rounds: int = typer.Option(1, "--rounds", help="repeat the measurement this many times and score the median; "
                                "from 3 on, also report how repeatable the measurement itself was (the noise "
                                "ceiling)."),
+    out: Path = typer.Option(None, "--out", help="profile file to write the validated profile to (default: the "
+                             "target's own file, or for a shipped profile a copy in $AUTOPRUNE_HOME/"
+                             "hardware_profiles, which then overrides the shipped one by name)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Measure N random plans here and score the cost model (MAPE, ±5/±10%, Kendall tau); store it in the profile."""
+    """Measure N random plans here, each next to the dense model, and score the cost model on absolute times and
+    on ratios to the dense model (MAPE, ±5/±10%, Kendall tau); store the score in the profile."""
     from autoprune.hardware import load_profile, save_profile
+    from autoprune.hardware.profile import writable_path
     from autoprune.hardware.profiling import validate
 
     if samples < 2:
@@ -344,10 +398,12 @@ def profile_validate(
     label = f"measuring {samples} random plans" + (f" × {rounds} rounds" if rounds > 1 else "")
     with _progress(label) as progress:
         profile, result, points = validate(profile, space, samples, seed, progress, command, pin_cpu, rounds)
-    save_profile(profile, _profile_path(target))
+    written = save_profile(profile, out if out is not None else writable_path(profile))
+    err_console.print(f"wrote {written}")
     if json_output:
-        print_json({**vars(result), "points": [{"predicted_ms": p.predicted_ms, "measured_ms": p.measured_ms}
-                                               for p in points]})
+        print_json({**vars(result), "points": [{"predicted_ms": p.predicted_ms, "measured_ms": p.measured_ms,
+                                                "predicted_ratio": p.predicted_ratio,
+                                                "measured_ratio": p.measured_ratio} for p in points]})
         return
     out_console.print(f"{profile.name}: {result.summary()}")
     if result.repeatable_10_pct is not None and result.repeatable_10_pct < NOISY_BELOW_PCT:

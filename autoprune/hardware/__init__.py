@@ -4,7 +4,9 @@
 there", ``measure`` "how fast is this model here", ``profiling`` "fill, calibrate and validate a profile".
 """
 
-from autoprune.hardware.cost_model import CostModel, LatencyEstimate, staircase
+from autoprune.hardware.cost_model import CostModel, LatencyEstimate
+from autoprune.hardware.latency_models import LATENCY_MODELS, LatencyModel, latency_model_for, staircase
+from autoprune.hardware.local import prepare_cost_model
 from autoprune.hardware.measure import LatencyMeasurement, measure_model_latency
 from autoprune.hardware.profile import (
     ALIASES,
@@ -21,6 +23,9 @@ from autoprune.hardware.signature import LayerSignature, model_key
 
 __all__ = [
     "ALIASES",
+    "LATENCY_MODELS",
+    "LatencyModel",
+    "latency_model_for",
     "CostModel",
     "HardwareProfile",
     "LatencyEstimate",
@@ -32,6 +37,7 @@ __all__ = [
     "load_profile",
     "measure_model_latency",
     "model_key",
+    "prepare_cost_model",
     "save_profile",
     "staircase",
     "unmeasured_warning",

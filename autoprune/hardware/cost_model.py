@@ -10,14 +10,14 @@ channel counts the table is interpolated bilinearly.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from autoprune.errors import UserError
+from autoprune.hardware.latency_models import MissingEntries, RooflineLatency, latency_model_for, staircase
 from autoprune.hardware.profile import HardwareProfile, NMSupport, Validation
-from autoprune.hardware.signature import FamilyKey, LayerSignature, dense_signature, model_key, pruned_signature
+from autoprune.hardware.signature import LayerSignature, dense_signature, model_key, pruned_signature
 from autoprune.plan import PruningPlan
 from autoprune.pruning.space import POOL_OPS, SearchSpace
 
@@ -59,11 +59,14 @@ class LatencyEstimate:
     stored_mb: float = 0.0  # weights the runtime reads: zeros included on a dense target (the memory term's input)
     validation: Validation | None = None
     notes: tuple[str, ...] = ()
+    calibrated_here: bool = False  # the calibration was fitted on the machine making this prediction
+    calibration_date: str = ""
 
     def to_dict(self) -> dict:
         return {
             "target": self.target, "latency_ms": round(self.latency_ms, 6), "provenance": self.provenance,
-            "source": self.source, "calibrated": self.calibrated, "macs": self.macs, "params": self.params,
+            "source": self.source, "calibrated": self.calibrated, "calibrated_here": self.calibrated_here,
+            "calibration_date": self.calibration_date, "macs": self.macs, "params": self.params,
             "size_mb": round(self.size_mb, 4),
             "validation": None if self.validation is None else self.validation.summary(),
             "per_layer": [{"layer": n, "ms": round(ms, 6)} for n, ms in self.per_layer],
@@ -71,104 +74,42 @@ class LatencyEstimate:
         }
 
 
-def staircase(channels: int, alignment: int) -> int:
-    """Channels the target really computes: ``channels`` padded up to a multiple of ``alignment``."""
-    return -(-channels // alignment) * alignment
-
-
-class _Axis:
-    """Sorted measured channel counts of one table dimension, with interpolation weights."""
-
-    def __init__(self, values):
-        self.values = sorted(set(values))
-
-    def locate(self, c: int, alignment: int) -> list[tuple[int, float]]:
-        """[(index, weight)] of the grid points whose weighted sum gives channel count ``c``."""
-        vals = self.values
-        if c not in vals:  # a count the table measured exactly needs no padding (e.g. 3 input channels)
-            c = staircase(c, alignment)
-        if len(vals) == 1 or c == vals[0]:
-            return [(0, c / vals[0])] if c != vals[0] else [(0, 1.0)]
-        if c <= vals[0]:  # below the grid: latency shrinks at most linearly with channels
-            return [(0, c / vals[0])]
-        if c >= vals[-1]:
-            return [(len(vals) - 1, c / vals[-1])]
-        hi = bisect.bisect_left(vals, c)
-        if vals[hi] == c:
-            return [(hi, 1.0)]
-        lo = hi - 1
-        t = (c - vals[lo]) / (vals[hi] - vals[lo])
-        return [(lo, 1.0 - t), (hi, t)]
-
-
-class _Family:
-    """A table family: latency (ms) on a rectangular grid of (cin, cout), or of channels for depthwise."""
-
-    def __init__(self, key: FamilyKey, entries, where: str):
-        self.key = key
-        self.depthwise = key.groups == "dw"
-        self.cin = _Axis(e.signature.cin for e in entries)
-        self.cout = _Axis(e.signature.cout for e in entries)
-        self.grid = {(e.signature.cin, e.signature.cout): e.mean_ms for e in entries}
-        if not self.depthwise:
-            missing = [(i, o) for i in self.cin.values for o in self.cout.values if (i, o) not in self.grid]
-            if missing:
-                raise UserError(
-                    f"hardware profile {where}: table family {key.describe()} is not a full grid: "
-                    f"(cin, cout) = {missing[0]} is missing; re-measure it with `autoprune profile measure`"
-                )
-
-    def lookup(self, cin: int, cout: int, alignment: int) -> float:
-        if self.depthwise:
-            return sum(w * self.grid[(self.cout.values[j],) * 2] for j, w in self.cout.locate(cout, alignment))
-        total = 0.0
-        for i, wi in self.cin.locate(cin, alignment):
-            for j, wo in self.cout.locate(cout, alignment):
-                total += wi * wo * self.grid[(self.cin.values[i], self.cout.values[j])]
-        return total
-
-
 class CostModel:
-    """Predicts plan latencies on one target from its profile. Arithmetic only; no model is built."""
+    """Predicts plan latencies on one target from its profile. Arithmetic only; no model is built.
+
+    The per-layer prices come from the profile's :class:`~autoprune.hardware.latency_models.LatencyModel`
+    (a measured table or an analytic roofline); this class sums them and applies the per-model calibration.
+    """
 
     def __init__(self, profile: HardwareProfile, use_calibration: bool = True):
         self.profile = profile
         self.use_calibration = use_calibration
-        self._families: dict[FamilyKey, _Family] = {}
-        if profile.latency_model == "table":
-            by_family: dict[FamilyKey, list] = {}
-            for entry in profile.entries:
-                by_family.setdefault(entry.signature.family, []).append(entry)
-            self._families = {k: _Family(k, v, profile.path or profile.name) for k, v in by_family.items()}
+        self.latency = latency_model_for(profile)
 
     # --- per-layer cost --------------------------------------------------------------------------------------
     def layer_ms(self, sig: LayerSignature, model: str = "", input_shape=None) -> float:
         """Latency (ms) of one layer of signature ``sig`` on the target, before calibration."""
-        if self.profile.latency_model == "roofline":
-            return roofline_ms(sig, self.profile)
-        family = self._families.get(sig.family)
-        if family is None:
+        try:
+            return self.latency.layer_ms(sig)
+        except MissingEntries as err:
             if sig.dtype == "int8" and not self.has_int8:
-                raise self.no_int8_error(model, input_shape)
-            raise self._missing(sig, model, input_shape)
-        return family.lookup(sig.cin, sig.cout, self.profile.alignment)
+                raise self.no_int8_error(model, input_shape) from err
+            raise self._missing(sig, model, input_shape) from err
 
     @property
     def has_int8(self) -> bool:
         """Whether INT8 plans can be predicted: an INT8 roofline peak, or INT8 entries in the table."""
-        if self.profile.latency_model == "roofline":
-            return bool(self.profile.roofline and self.profile.roofline.int8_peak_gflops)
-        return any(key.dtype == "int8" for key in self._families)
+        return self.latency.has_int8
 
     def no_int8_error(self, model: str, input_shape) -> UserError:
         """The error for an INT8 plan on a profile that cannot price INT8 (names the command that fixes it)."""
         shape = "x".join(map(str, input_shape)) if input_shape else "1x3xHxW"
-        if self.profile.latency_model == "roofline":
+        if isinstance(self.latency, RooflineLatency):
             return UserError(f"target {self.profile.name!r} has no INT8 path (no INT8 peak in its roofline); search "
                              "it with --precision fp32, or pick a target with INT8 tensor cores (e.g. orin)")
         return UserError(
             f"target {self.profile.name!r} has no INT8 latency entries; measure them on this machine with "
-            f"`autoprune profile measure --precision int8 --out {self.profile.path.strip(chr(39)) or 'PROFILE.yaml'} "
+            f"`autoprune profile measure --precision int8 --out {self.profile.file or 'PROFILE.yaml'} "
             f"--model {model or 'M'} --input-shape {shape}`, or search with --precision fp32"
         )
 
@@ -178,22 +119,16 @@ class CostModel:
             f"target {self.profile.name!r} has no latency table entries for {sig.family.describe()} "
             f"(layer shape {sig.key()}); its table was measured for other layers or another input size. "
             f"Measure them on the device: `autoprune profile measure --model {model or 'M'} --input-shape {shape} "
-            f"--out {self.profile.path.strip(chr(39)) or 'hardware_profiles/NAME.yaml'}`"
+            f"--out {self.profile.file or 'hardware_profiles/NAME.yaml'}`"
         )
 
     def covers(self, space: SearchSpace) -> bool:
-        """Whether every layer family of ``space`` is in the profile (always true for analytic profiles)."""
-        if self.profile.latency_model == "roofline":
-            return True
+        """Whether every layer family of ``space`` can be priced (always true for analytic profiles)."""
         dtype = self.profile.precision
-        return all(dense_signature(layer, dtype).family in self._families for layer in space.layers)
+        return not self.latency.missing_families(dense_signature(layer, dtype) for layer in space.layers)
 
     def _priced(self, space: SearchSpace, dtype: str):
-        """The layers of ``space`` this profile prices: all of them, except pooling layers a table profile has
-        no entries for (tables measured before pooling was measured; their calibration absorbs its cost)."""
-        if self.profile.latency_model == "roofline":
-            return space.cost_layers
-        return space.layers + tuple(p for p in space.pools if dense_signature(p, dtype).family in self._families)
+        return self.latency.priced_layers(space, dtype)
 
     # --- whole plan ------------------------------------------------------------------------------------------
     def predict(self, space: SearchSpace, plan: PruningPlan) -> LatencyEstimate:
@@ -256,17 +191,20 @@ class CostModel:
             if calibration.spill_ms_per_mb:
                 spill = (f", +{calibration.spill_ms_per_mb:.4g} ms per MB of weights beyond the "
                          f"{calibration.cache_mb:g} MB cache")
-            source += (f"; per-model calibration a={calibration.a:.4g}, b={calibration.b:.4g} ms{spill} "
-                       f"({calibration.source})")
+            where = " fitted on this machine" if _fitted_here(calibration) else ""
+            source += (f"; per-model calibration{where} a={calibration.a:.4g}, b={calibration.b:.4g} ms{spill} "
+                       f"({calibration.source}, {calibration.date})")
         if dtype == "int8":
             source += "; INT8 (static quantization)"
-        if not calibrated and profile.latency_model == "table":
-            source += "; no per-model calibration (sum of isolated layers)"
+        if not calibrated and self.latency.uncalibrated_note:
+            source += "; " + self.latency.uncalibrated_note
         return LatencyEstimate(
             latency_ms=total, provenance=profile.provenance, source=source, per_layer=tuple(rows),
             target=profile.name, calibrated=calibrated, macs=macs, params=params,
             size_mb=size_mb, stored_mb=stored_mb,
             validation=profile.validation.get(key), notes=tuple(notes),
+            calibrated_here=calibrated and _fitted_here(calibration),
+            calibration_date=calibration.date if calibrated else "",
         )
 
     def layer_sum_ms(self, space: SearchSpace, plan: PruningPlan) -> float:
@@ -275,6 +213,15 @@ class CostModel:
         dtype = plan_dtype(plan, self.profile)
         return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, dtype),
                                        space.model, space.input_shape) for layer in self._priced(space, dtype))
+
+
+def _fitted_here(calibration) -> bool:
+    """Whether ``calibration`` was fitted on this machine (it records the machine's fingerprint)."""
+    if not calibration.machine:
+        return False
+    from autoprune.hardware.local import this_machine  # imported late: local builds on this module
+
+    return calibration.machine == this_machine().fingerprint
 
 
 def _plan_mapping(plan: PruningPlan, name: str) -> Mapping:
@@ -296,24 +243,5 @@ def _nm_support(supported: tuple[NMSupport, ...], requested, sig: LayerSignature
 
 
 def roofline_ms(sig: LayerSignature, profile: HardwareProfile) -> float:
-    """Analytic latency (ms) of one layer: max(compute, memory) + fixed cost, on aligned channel counts.
-
-    An INT8 layer runs at the INT8 peak, moves one byte per element and pads channels to the INT8 tile (32).
-    """
-    r = profile.roofline
-    align = profile.alignment
-    peak, bytes_per_element = r.peak_gflops, r.bytes_per_element
-    if sig.dtype == "int8":
-        if not r.int8_peak_gflops:
-            raise UserError(f"target {profile.name!r} has no INT8 path (no INT8 peak in its roofline); search it "
-                            "with --precision fp32")
-        peak, bytes_per_element, align = r.int8_peak_gflops, 1.0, max(align, int(r.int8_alignment))
-    cin = sig.cin if sig.cin <= 4 else staircase(sig.cin, align)  # RGB input is not padded to a tensor-core tile
-    cout = staircase(sig.cout, align)
-    padded = sig.with_channels(cin, cout) if not sig.depthwise else sig.with_channels(cout, cout)
-    oh, ow = padded.out_hw
-    flops = 2.0 * padded.macs
-    elements = padded.cin * sig.in_h * sig.in_w + padded.cout * oh * ow + padded.params
-    compute_ms = flops / (peak * 1e9 * r.efficiency) * 1e3
-    memory_ms = elements * bytes_per_element / (r.bandwidth_gbs * 1e9) * 1e3
-    return max(compute_ms, memory_ms) + r.fixed_ms_per_layer
+    """Analytic latency (ms) of one layer on a roofline ``profile`` (see :class:`RooflineLatency`)."""
+    return RooflineLatency(profile).layer_ms(sig)

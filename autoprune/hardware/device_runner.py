@@ -26,6 +26,7 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 RESULTS = "results.json"
+PARTIAL = "results.partial.jsonl"  # timings of a run in progress, one line per micro-model
 
 
 def robust_stats(samples_ms: list[float]) -> dict:
@@ -78,35 +79,159 @@ def time_ort(path_or_bytes, input_shape, threads: int = 1, warmup: int = 20, rep
     return robust_stats(samples)
 
 
+class Checkpoint:
+    """An append-only JSONL file of finished measurement pieces, so that a long measurement can resume.
+
+    Each line is one piece: ``{"key": ..., "pass": r, "samples": [ms, ...]}`` (the samples of one item in one
+    interleaved pass) or ``{"key": ..., "result": {...}}`` (an item timed in one go). A line is written and
+    flushed as soon as its piece is done, so an interrupted run loses at most the piece in progress; a torn
+    last line (the process died mid-write) is ignored on reading. Items are keyed by what they measure and how,
+    so a re-run of the same command picks up every piece it already has, and a different command reuses none
+    it should not.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._pieces: dict = {}
+        self._torn = False  # the file ends inside a line: the next record must start on a line of its own
+        if self.path.is_file():
+            text = self.path.read_text(encoding="utf-8")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                    self._pieces[(record["key"], record.get("pass"))] = record.get("samples", record.get("result"))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def get(self, key: str, pass_index: int | None = None):
+        """The samples (or result) stored for ``key`` (in pass ``pass_index``), else None."""
+        return self._pieces.get((key, pass_index))
+
+    def put(self, key: str, value, pass_index: int | None = None) -> None:
+        record = {"key": key, "pass": pass_index, "samples" if pass_index is not None else "result": value}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(("\n" if self._torn else "") + json.dumps(record) + "\n")
+            fh.flush()
+        self._torn = False
+        self._pieces[(key, pass_index)] = value
+
+    def remove(self) -> None:
+        """Delete the file once what it checkpointed is safely written elsewhere."""
+        self.path.unlink(missing_ok=True)
+
+
 def time_ort_many(items, threads: int = 1, warmup: int = 20, repeats: int = 100, rounds: int = 5,
-                  progress=None) -> list[dict]:
+                  progress=None, keys=None, checkpoint: Checkpoint | None = None) -> list[dict]:
     """Like :func:`time_ort` for many ``(model, input_shape)`` items, interleaved in ``rounds`` passes.
 
     On a machine shared with other work, load drifts over seconds; timing every model a little in each pass
     spreads that drift evenly over all models instead of penalising whichever ran during a busy spell.
+
+    With a ``checkpoint`` (and one key per item), each item's samples of each pass are stored as soon as they are
+    taken, and pieces already stored are not timed again. A model may be given as a zero-argument callable
+    returning it, so that items a resumed run already has are never even built.
+    """
+    import numpy as np
+
+    keys = list(keys) if keys is not None else [None] * len(items)
+    def stored(i: int, r: int):
+        return None if checkpoint is None or keys[i] is None else checkpoint.get(keys[i], r)
+
+    rng = np.random.default_rng(0)
+    runs: dict[int, tuple] = {}
+    for i, (source, shape) in enumerate(items):
+        feed_data = rng.standard_normal(tuple(shape)).astype(np.float32)
+        if all(stored(i, r) is not None for r in range(rounds)):
+            continue
+        session = ort_session(source() if callable(source) else source, threads)
+        runs[i] = (session, {session.get_inputs()[0].name: feed_data})
+    per_round = max(1, -(-repeats // rounds))
+    samples: list[list[float]] = [[] for _ in items]
+    warmed: set[int] = set()
+    clock = time.perf_counter
+    for r in range(rounds):
+        for i in range(len(items)):
+            done = stored(i, r)
+            if done is not None:
+                samples[i].extend(done)
+                continue
+            session, feed = runs[i]
+            for _ in range(2 if i in warmed else warmup):  # a couple of untimed runs bring the model back into cache
+                session.run(None, feed)
+            warmed.add(i)
+            taken = []
+            for _ in range(per_round):
+                start = clock()
+                session.run(None, feed)
+                taken.append((clock() - start) * 1e3)
+            samples[i].extend(taken)
+            if checkpoint is not None and keys[i] is not None:
+                checkpoint.put(keys[i], taken, r)
+        if progress is not None:
+            progress(r + 1, rounds)
+    return [robust_stats(s) for s in samples]
+
+
+def time_ort_paired(items, reference, threads: int = 1, warmup: int = 10, repeats: int = 100, rounds: int = 5,
+                    progress=None) -> tuple[list[dict], dict]:
+    """Time each ``(model, input_shape)`` item right after the ``reference`` model, in ``rounds`` passes.
+
+    Returns, per item, its stats plus ``ratio`` (its median over the median of the reference runs taken next to
+    it) and ``reference_ms``, and the reference's stats over all its runs. Every run is also timed on this
+    thread's CPU clock (``cpu_median_ms``, ``cpu_ratio``): with one intra-op thread onnxruntime computes on the
+    calling thread, so that clock leaves out the time other processes held the core. On a machine whose speed drifts
+    (other tenants, frequency scaling), the ratio of two models timed seconds apart barely moves while either
+    absolute time does: a cost model can be judged and calibrated on ratios without fitting the drift.
     """
     import numpy as np
 
     rng = np.random.default_rng(0)
-    runs = []
-    for source, shape in items:
-        session = ort_session(source, threads)
-        feed = {session.get_inputs()[0].name: rng.standard_normal(tuple(shape)).astype(np.float32)}
-        runs.append((session, feed))
+
+    def prepare(source, shape):
+        session = ort_session(source() if callable(source) else source, threads)
+        return session, {session.get_inputs()[0].name: rng.standard_normal(tuple(shape)).astype(np.float32)}
+
+    ref = prepare(*reference)
+    runs = [prepare(*item) for item in items]
     per_round = max(1, -(-repeats // rounds))
-    samples: list[list[float]] = [[] for _ in runs]
+    mine: list[list[float]] = [[] for _ in runs]
+    beside: list[list[float]] = [[] for _ in runs]
     clock = time.perf_counter
+
+    cpu_clock = time.thread_time
+
+    def block(run, count: int, first: bool) -> list[tuple[float, float]]:
+        session, feed = run
+        for _ in range(warmup if first else 2):
+            session.run(None, feed)
+        out = []
+        for _ in range(count):
+            start, cpu_start = clock(), cpu_clock()
+            session.run(None, feed)
+            out.append(((clock() - start) * 1e3, (cpu_clock() - cpu_start) * 1e3))
+        return out
+
     for r in range(rounds):
-        for i, (session, feed) in enumerate(runs):
-            for _ in range(warmup if r == 0 else 2):  # a couple of untimed runs bring the model back into cache
-                session.run(None, feed)
-            for _ in range(per_round):
-                start = clock()
-                session.run(None, feed)
-                samples[i].append((clock() - start) * 1e3)
+        for i, run in enumerate(runs):
+            beside[i] += block(ref, per_round, r == 0 and i == 0)
+            mine[i] += block(run, per_round, r == 0)
         if progress is not None:
             progress(r + 1, rounds)
-    return [robust_stats(s) for s in samples]
+    out = []
+    for own, near in zip(mine, beside):
+        stats = robust_stats([w for w, _ in own])
+        near_ms = statistics.median(w for w, _ in near)
+        cpu_ms, near_cpu_ms = statistics.median(c for _, c in own), statistics.median(c for _, c in near)
+        out.append({**stats, "ratio": stats["median_ms"] / near_ms, "reference_ms": near_ms,
+                    "cpu_median_ms": cpu_ms, "cpu_ratio": cpu_ms / near_cpu_ms if near_cpu_ms > 0 else float("nan")})
+    reference_stats = robust_stats([w for near in beside for w, _ in near])
+    reference_stats["cpu_median_ms"] = statistics.median(c for near in beside for _, c in near)
+    return out, reference_stats
 
 
 def time_trtexec(onnx_path: Path, precision: str = "fp16", warmup_ms: int = 200, iterations: int = 200,
@@ -201,7 +326,11 @@ def now() -> str:
 
 def run_manifest(folder: Path, backend: str = "onnxruntime", threads: int | None = None,
                  progress=None) -> Path:
-    """Time every micro-model listed in ``folder/manifest.json``; write ``folder/results.json``; return its path."""
+    """Time every micro-model listed in ``folder/manifest.json``; write ``folder/results.json``; return its path.
+
+    Each micro-model's timing goes to ``folder/results.partial.jsonl`` as soon as it is taken: a run that is
+    interrupted (Ctrl-C, a crash, a reboot) continues where it stopped when it is started again.
+    """
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     threads = int(threads if threads is not None else manifest.get("threads", 1))
@@ -212,25 +341,26 @@ def run_manifest(folder: Path, backend: str = "onnxruntime", threads: int | None
     if backend == "onnxruntime" and manifest.get("overhead_model"):
         baseline = time_ort(folder / manifest["overhead_model"], manifest["overhead_input_shape"], threads,
                             warmup, repeats)
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"unknown backend {backend!r}; use onnxruntime or tensorrt")
+    checkpoint = Checkpoint(folder / PARTIAL)
+    how = f"{backend} threads={threads} warmup={warmup} repeats={repeats} precision={precision}"
+
+    def timed(item, count: int) -> dict:
+        key = f"{item['file']} {how} runs={count}"
+        stats = checkpoint.get(key)
+        if stats is None:
+            path = folder / item["file"]
+            stats = (time_ort(path, item["input_shape"], threads, warmup, count) if backend == "onnxruntime"
+                     else time_trtexec(path, precision))
+            checkpoint.put(key, stats)
+        return stats
+
     for i, item in enumerate(manifest["entries"]):
-        path = folder / item["file"]
-        if backend == "onnxruntime":
-            stats = time_ort(path, item["input_shape"], threads, warmup, repeats)
-        elif backend == "tensorrt":
-            stats = time_trtexec(path, precision)
-        else:
-            raise ValueError(f"unknown backend {backend!r}; use onnxruntime or tensorrt")
-        results.append({"signature": item["signature"], **stats})
+        results.append({"signature": item["signature"], **timed(item, repeats)})
         if progress is not None:
             progress(i + 1, len(manifest["entries"]))
-    models = []
-    for item in manifest.get("models", []):
-        path = folder / item["file"]
-        if backend == "onnxruntime":
-            stats = time_ort(path, item["input_shape"], threads, warmup, max(repeats, 200))
-        else:
-            stats = time_trtexec(path, precision)
-        models.append({"plan": item["plan"], **stats})
+    models = [{"plan": item["plan"], **timed(item, max(repeats, 200))} for item in manifest.get("models", [])]
     out = {
         "backend": backend, "threads": threads, "precision": precision, "device": machine_description(),
         "software": software_versions(backend), "date": now(), "warmup": warmup, "repeats": repeats,
@@ -243,6 +373,7 @@ def run_manifest(folder: Path, backend: str = "onnxruntime", threads: int | None
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, target)  # a crash never leaves a half-written results file
+    checkpoint.remove()
     return target
 
 

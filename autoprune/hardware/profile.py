@@ -63,6 +63,9 @@ class Roofline:
     fit: str = ""
     int8_peak_gflops: float | None = None  # INT8 tensor-core peak in GOP/s; None: no INT8 path on this device
     int8_alignment: int = 32  # INT8 kernels tile channels by 32 (TensorRT on tensor cores)
+    # Fitted per op type ("depthwise", "linear", ...): multipliers of ``efficiency`` and of ``bandwidth_gbs``.
+    op_efficiency: tuple[tuple[str, float], ...] = ()
+    op_bandwidth: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Calibration:
     residual_ms: float | None = None
     spill_ms_per_mb: float = 0.0
     cache_mb: float | None = None
+    machine: str = ""  # fingerprint of the machine it was fitted on (see local.this_machine), "" if unrecorded
 
     def spill_ms(self, weight_mb: float) -> float:
         """The memory term for a model holding ``weight_mb`` MB of weights (0 without a fitted spill)."""
@@ -121,14 +125,27 @@ class Validation:
     # Share (%) of plans whose `rounds` measurements all lie within ±10% of their median: the ceiling the noise
     # of this machine puts on `within_10_pct`. None after a single round.
     repeatable_10_pct: float | None = None
+    # The same scores on latency ratios plan / dense, each plan timed next to the dense model (drift cancels).
+    ratio_mape_pct: float | None = None
+    ratio_within_5_pct: float | None = None
+    ratio_within_10_pct: float | None = None
+    # Analytic profiles fitted on published figures: median leave-one-out error (%) over them.
+    loo_median_pct: float | None = None
 
     def summary(self) -> str:
         repeat = ("" if self.repeatable_10_pct is None else
                   f"; the measurement itself repeated within ±10% for {self.repeatable_10_pct:.0f}% of plans over "
                   f"{self.rounds} rounds")
+        ratio = ("" if self.ratio_mape_pct is None else
+                 f"; as ratios to the dense model: MAPE {self.ratio_mape_pct:.1f}%, {self.ratio_within_10_pct:.0f}% "
+                 f"within ±10%")
+        if self.loo_median_pct is not None:
+            return (f"fitted on {self.samples} published figures: leave-one-out error median "
+                    f"{self.loo_median_pct:.1f}%, MAPE {self.mape_pct:.1f}%, {self.within_10_pct:.0f}% within ±10%, "
+                    f"Kendall tau {self.kendall_tau:.3f} ({self.date})")
         return (f"validated on {self.samples} random plans: MAPE {self.mape_pct:.1f}%, "
                 f"{self.within_10_pct:.0f}% within ±10%, {self.within_5_pct:.0f}% within ±5%, "
-                f"Kendall tau {self.kendall_tau:.3f} ({self.date}){repeat}")
+                f"Kendall tau {self.kendall_tau:.3f} ({self.date}){ratio}{repeat}")
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,11 @@ class HardwareProfile:
     def measured(self) -> bool:
         return self.provenance == "measured"
 
+    @property
+    def file(self) -> Path | None:
+        """The file this profile was read from (None for a profile built in memory)."""
+        return Path(self.path.strip("'")) if self.path else None
+
     def to_dict(self) -> dict[str, Any]:
         latency: dict[str, Any] = {"model": self.latency_model}
         if self.latency_model == "table":
@@ -175,7 +197,9 @@ class HardwareProfile:
                                    "efficiency": r.efficiency, "fixed_ms_per_layer": r.fixed_ms_per_layer,
                                    "bytes_per_element": r.bytes_per_element, **({"fit": r.fit} if r.fit else {}),
                                    **({"int8_peak_gflops": r.int8_peak_gflops, "int8_alignment": r.int8_alignment}
-                                      if r.int8_peak_gflops else {})}
+                                      if r.int8_peak_gflops else {}),
+                                   **({"op_efficiency": dict(r.op_efficiency)} if r.op_efficiency else {}),
+                                   **({"op_bandwidth": dict(r.op_bandwidth)} if r.op_bandwidth else {})}
         data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
@@ -228,6 +252,19 @@ def _drop_none(d: Mapping) -> dict:
     return {k: v for k, v in d.items() if v is not None and v != ""}
 
 
+def _roofline(data: Mapping) -> Roofline:
+    def value(key, v):
+        if key == "fit":
+            return v
+        if key == "int8_alignment":
+            return int(v)
+        if key in ("op_efficiency", "op_bandwidth"):
+            return tuple((str(op), float(x)) for op, x in v.items())
+        return float(v)
+
+    return Roofline(**{k: value(k, v) for k, v in data.items()})
+
+
 def profile_from_dict(data: Any, where: str) -> HardwareProfile:
     """Validate parsed profile data and build the record."""
     validate_profile_data(data, where)
@@ -240,9 +277,7 @@ def profile_from_dict(data: Any, where: str) -> HardwareProfile:
         )
         for e in latency.get("entries") or []
     )
-    roofline = Roofline(**{k: (v if k == "fit" else int(v) if k == "int8_alignment" else float(v))
-                           for k, v in latency["roofline"].items()}) \
-        if latency["model"] == "roofline" else None
+    roofline = _roofline(latency["roofline"]) if latency["model"] == "roofline" else None
     validation = {}
     for key, v in (data.get("validation") or {}).items():
         v = dict(v)
@@ -324,6 +359,26 @@ def profile_dirs() -> list[Path]:
     except FileNotFoundError:
         pass
     return [d for d in dirs if d.is_dir()]
+
+
+def is_shipped(path: Path) -> bool:
+    """Whether ``path`` lies in the shipped ``hardware_profiles`` folder (part of the installation)."""
+    try:
+        shipped = shipped_dir("hardware_profiles").resolve()
+    except FileNotFoundError:
+        return False
+    return Path(path).resolve().is_relative_to(shipped)
+
+
+def writable_path(profile: HardwareProfile) -> Path:
+    """Where an updated ``profile`` is written: its own file, unless that is shipped with autoprune; then a copy of
+    the same name in ``$AUTOPRUNE_HOME/hardware_profiles`` (which overrides the shipped one when loaded by name)."""
+    from autoprune.paths import autoprune_home
+
+    own = profile.file
+    if own is not None and not is_shipped(own):
+        return own
+    return autoprune_home() / "hardware_profiles" / f"{profile.name}.yaml"
 
 
 def _named_files() -> dict[str, Path]:

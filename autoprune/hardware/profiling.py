@@ -108,24 +108,30 @@ def _overhead_model() -> tuple[nn.Module, tuple[int, ...]]:
 # --- measuring a table on this machine ---------------------------------------------------------------------------
 def measure_table(signatures: list[LayerSignature], backend_name: str = "onnxruntime", threads: int = 1,
                   timing: Timing = Timing(20, 100), progress: Progress | None = None,
-                  pin_cpu: int | None = None) -> tuple[list[LatencyEntry], float]:
+                  pin_cpu: int | None = None, checkpoint: runner.Checkpoint | None = None,
+                  ) -> tuple[list[LatencyEntry], float]:
     """Time each signature's micro-model; return entries (ms, call overhead subtracted) and that overhead (ms).
 
     The per-call overhead of the runtime (measured on a one-op graph) is subtracted from every entry so the
-    table holds what a layer adds inside a whole model, where there is one call for all layers.
+    table holds what a layer adds inside a whole model, where there is one call for all layers. With a
+    ``checkpoint`` each signature's timings are stored as they are taken, and a re-run resumes from them.
     """
     run = backend(backend_name)
     with pinned(pin_cpu):
         model, shape = _overhead_model()
         overhead = run(model, shape, threads, timing)["median_ms"] if backend_name != "tensorrt" else 0.0
         if backend_name == "onnxruntime":
-            items = [_onnx_item(sig) for sig in signatures]
-            stats = runner.time_ort_many(items, threads, timing.warmup, timing.repeats, timing.rounds,
-                                         _scaled(progress, len(signatures)))
+            stats = runner.time_ort_many([_onnx_item(sig) for sig in signatures], threads, timing.warmup,
+                                         timing.repeats, timing.rounds, _scaled(progress, len(signatures)),
+                                         [layer_key(sig, threads, timing) for sig in signatures], checkpoint)
         else:
             stats = []
             for i, sig in enumerate(signatures):
-                stats.append(run(*micro_model(sig), threads, timing))
+                key = f"{backend_name} {layer_key(sig, threads, timing)}"
+                done = checkpoint.get(key) if checkpoint is not None else None
+                stats.append(done or run(*micro_model(sig), threads, timing))
+                if checkpoint is not None and done is None:
+                    checkpoint.put(key, stats[-1])
                 if progress is not None:
                     progress(i + 1, len(signatures))
     entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
@@ -133,11 +139,38 @@ def measure_table(signatures: list[LayerSignature], backend_name: str = "onnxrun
     return entries, overhead
 
 
-def _onnx_item(sig: LayerSignature) -> tuple[bytes, tuple[int, ...]]:
+def layer_key(sig: LayerSignature, threads: int, timing: Timing) -> str:
+    """Checkpoint key of one layer measurement: what is timed and how."""
+    return f"layer {sig.key()} threads={threads} warmup={timing.warmup} repeats={timing.repeats}/{timing.rounds}"
+
+
+def plan_key(space: SearchSpace, plan: PruningPlan, threads: int, timing: Timing) -> str:
+    """Checkpoint key of one whole-model measurement."""
+    return (f"model {model_key(space.model, space.input_shape)} {json.dumps(plan.to_dict(), sort_keys=True)} "
+            f"threads={threads} warmup={timing.warmup} repeats={timing.repeats}/{timing.rounds}")
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where ``profile measure --out OUT`` keeps the timings of a run in progress: next to OUT."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _onnx_item(sig: LayerSignature):
+    """A lazy ONNX micro-model for ``sig`` (built only if it still needs timing) and its input shape."""
     from autoprune.onnx_export import onnx_bytes
 
-    model, shape = micro_model(sig)
-    return onnx_bytes(model, shape), shape
+    def build() -> bytes:
+        return onnx_bytes(*micro_model(sig))
+
+    return build, micro_model_shape(sig)
+
+
+def micro_model_shape(sig: LayerSignature) -> tuple[int, ...]:
+    """The input shape of ``sig``'s micro-model (batch 1), without building it."""
+    if sig.op == "linear":
+        return (1, sig.cin) if sig.in_h * sig.in_w == 1 else (1, sig.in_h * sig.in_w, sig.cin)
+    return 1, sig.cin, sig.in_h, sig.in_w
 
 
 def _scaled(progress: Progress | None, total: int) -> Progress | None:
@@ -227,13 +260,19 @@ def build_pruned(space: SearchSpace, plan: PruningPlan) -> nn.Module:
 
 @dataclass(frozen=True)
 class PlanPoint:
-    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms), its weights (MB)."""
+    """One plan: the uncalibrated layer sum, the prediction and the measurement (ms), its weights (MB).
+
+    A plan timed next to the dense model also carries both latency ratios plan / dense, predicted and measured:
+    a slower machine moves both absolute times and neither ratio.
+    """
 
     plan: PruningPlan
     layer_sum_ms: float
     predicted_ms: float
     measured_ms: float
     weight_mb: float = 0.0
+    predicted_ratio: float | None = None
+    measured_ratio: float | None = None
 
 
 def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured_ms: float) -> PlanPoint:
@@ -243,10 +282,21 @@ def plan_point(model: CostModel, space: SearchSpace, plan: PruningPlan, measured
 
 
 def plan_items(space: SearchSpace, plans: list[PruningPlan]) -> list[tuple[bytes, tuple[int, ...]]]:
-    """Each plan's pruned model as ONNX bytes with its input shape: what a whole-model measurement runs."""
+    """Each plan's pruned model as ONNX bytes with its input shape: what a whole-model measurement runs.
+
+    The dense model is exported once and each plan's graph is sliced from it (milliseconds, see
+    :mod:`autoprune.hardware.onnx_prune`); a model whose graph cannot be sliced is pruned and exported per plan.
+    """
+    from autoprune.hardware.onnx_prune import Unsliceable, slice_onnx
+    from autoprune.models import create_model
     from autoprune.onnx_export import onnx_bytes
 
-    return [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
+    classes = space.layers[-1].out_channels if space.layers and space.layers[-1].op == "linear" else 1000
+    dense = onnx_bytes(create_model(space.model, classes).eval(), space.input_shape)
+    try:
+        return [(slice_onnx(dense, space, plan), space.input_shape) for plan in plans]
+    except Unsliceable:
+        return [(onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape) for plan in plans]
 
 
 def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan],
@@ -261,6 +311,23 @@ def measure_plans(profile: HardwareProfile, space: SearchSpace, plans: list[Prun
                                      _scaled(progress, len(plans)))
     # The median resists the bursts of a shared machine better than any mean.
     return [plan_point(model, space, plan, st["median_ms"]) for plan, st in zip(plans, stats)]
+
+
+def measure_plans_paired(profile: HardwareProfile, space: SearchSpace, plans: list[PruningPlan], items: list,
+                         dense_item, timing: Timing = Timing(10, 200, 10), progress: Progress | None = None,
+                         pin_cpu: int | None = None) -> list[PlanPoint]:
+    """Predict and measure each plan, each timed right after the dense model (``dense_item``, from
+    :func:`plan_items`): absolute medians (ms) and the ratios plan / dense, predicted and measured."""
+    model = CostModel(profile)
+    dense_ms = model.predict(space, PruningPlan(alignment=profile.alignment)).latency_ms
+    with pinned(pin_cpu):
+        stats, _ = runner.time_ort_paired(items, dense_item, max(profile.threads, 1), timing.warmup, timing.repeats,
+                                          timing.rounds, _scaled(progress, len(plans)))
+    points = []
+    for plan, st in zip(plans, stats):
+        point = plan_point(model, space, plan, st["median_ms"])
+        points.append(replace(point, predicted_ratio=point.predicted_ms / dense_ms, measured_ratio=st["ratio"]))
+    return points
 
 
 # Calibration forms: (a, b, spill) = coefficients of (layer sum, 1, MB of weights beyond the cache).
@@ -341,23 +408,27 @@ def calibrate(profile: HardwareProfile, space: SearchSpace, points: int = 12, se
 
 def measure_with_calibration(space: SearchSpace, signatures: list[LayerSignature], threads: int = 1,
                              timing: Timing = Timing(20, 200, 5), calibration_points: int = 12,
-                             progress: Progress | None = None, pin_cpu: int | None = None):
+                             progress: Progress | None = None, pin_cpu: int | None = None,
+                             checkpoint: runner.Checkpoint | None = None):
     """Layer entries and whole-model calibration points timed in the same interleaved onnxruntime passes.
 
     Timing them together matters on a shared machine: calibration measured minutes after the table sees other
     load, and would fit that drift instead of the model's real overheads (pooling, additions, graph I/O).
+    With a ``checkpoint``, every piece is stored as it is taken and a re-run resumes from it.
     Returns (entries, call overhead ms, calibration plans, their median latencies in ms).
     """
     from autoprune.onnx_export import onnx_bytes
 
     plans = [PruningPlan(alignment=space.alignment)] + random_plans(space, calibration_points - 1, 0, space.alignment)
-    models = plan_items(space, plans)
+    models = [(lambda plan=plan: onnx_bytes(build_pruned(space, plan), space.input_shape), space.input_shape)
+              for plan in plans]
+    keys = [layer_key(s, threads, timing) for s in signatures] + [plan_key(space, p, threads, timing) for p in plans]
     with pinned(pin_cpu):
         overhead = runner.time_ort(onnx_bytes(*_overhead_model()), (1, 1, 1, 1), threads, timing.warmup,
                                    timing.repeats)["median_ms"]
         items = [_onnx_item(sig) for sig in signatures] + models
         stats = runner.time_ort_many(items, threads, timing.warmup, timing.repeats, timing.rounds,
-                                     _scaled(progress, len(items)))
+                                     _scaled(progress, len(items)), keys, checkpoint)
     entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
                for sig, st in zip(signatures, stats)]
     return entries, overhead, plans, [st["median_ms"] for st in stats[len(signatures):]]
@@ -398,11 +469,15 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
              rounds: int = 1) -> tuple[HardwareProfile, Validation, list[PlanPoint]]:
     """Measure ``samples`` random plans (seed distinct from calibration's) and store the score in the profile.
 
-    Plans are timed interleaved (10 passes of 30 runs each), scored on the median of their 300 runs. With
-    ``rounds`` > 1 the whole measurement is repeated that many times, one after the other; each plan is scored on
-    the median of its rounds, and from three rounds on the validation records how repeatable the measurement
-    itself was: the share of plans whose rounds all lie within ±10% of their median. On a machine whose cache
-    or cores are shared with other tenants, that share bounds what any cost model can score.
+    Each plan is timed right after the dense model (10 passes of 20 runs each, both), and scored twice: on its
+    absolute median (ms) and on its ratio to the dense runs beside it (predicted plan/dense against measured).
+    A machine that is slower today than when the profile was measured, or that slows down halfway, fails the
+    first and not the second: the ratio says whether the model ranks and scales plans right, the absolute figure
+    whether it also knows this machine's speed. With ``rounds`` > 1 the whole measurement is repeated that many
+    times, one after the other; each plan is scored on the median of its rounds, and from three rounds on the
+    validation records how repeatable the measurement itself was: the share of plans whose rounds all lie within
+    ±10% of their median. On a machine whose cache or cores are shared with other tenants, that share bounds what
+    any cost model can score.
     """
     if profile.runtime != "onnxruntime":
         raise UserError(f"target {profile.name!r} runs on {profile.runtime}; `profile validate` measures with "
@@ -410,24 +485,38 @@ def validate(profile: HardwareProfile, space: SearchSpace, samples: int = 50, se
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     plans = random_plans(space, samples, seed, profile.alignment)
-    items = plan_items(space, plans)
+    dense_item, *items = plan_items(space, [PruningPlan(alignment=profile.alignment), *plans])
     measured = []
     for r in range(rounds):
         shifted = None if progress is None else (lambda done, total, r=r: progress(r * total + done, rounds * total))
-        measured.append(measure_plans(profile, space, plans, progress=shifted, pin_cpu=pin_cpu, items=items))
+        measured.append(measure_plans_paired(profile, space, plans, items, dense_item, progress=shifted,
+                                             pin_cpu=pin_cpu))
     per_plan = np.array([[p.measured_ms for p in round_points] for round_points in measured])  # rounds x plans
+    ratios = np.median(np.array([[p.measured_ratio for p in round_points] for round_points in measured]), axis=0)
     median = np.median(per_plan, axis=0)
-    points = [replace(p, measured_ms=float(m)) for p, m in zip(measured[0], median)]
+    points = [replace(p, measured_ms=float(m), measured_ratio=float(q)) for p, m, q in zip(measured[0], median, ratios)]
     key = model_key(space.model, space.input_shape)
-    how = "measured = median of 300 onnxruntime runs in 10 interleaved passes"
+    how = ("measured = median of 200 onnxruntime runs in 10 passes, each pass right after as many runs of the "
+           "dense model; ratio = that median over the median of the dense runs beside it")
     if rounds > 1:
-        how += f", then the median of {rounds} such rounds run one after the other"
+        how += f"; then the median of {rounds} such rounds run one after the other"
     result = replace(score(points, command, f"random plans: per-plan keep level ~ U[min_keep, 1], groups ± 0.15; "
                                             f"{how}"), calibrated=key in profile.calibration, rounds=rounds)
+    result = replace(result, **ratio_score(points))
     if rounds >= 3:  # with two rounds the median is their mean and "within ±10% of it" allows 20% between them
         spread = np.abs(per_plan - median).max(axis=0) / median
         result = replace(result, repeatable_10_pct=round(float((spread <= 0.10).mean() * 100), 2))
     return replace(profile, validation={**profile.validation, key: result}), result, points
+
+
+def ratio_score(points: list[PlanPoint]) -> dict:
+    """The drift-free part of a validation: error (%) of the predicted plan/dense ratio against the measured one."""
+    pred = np.array([p.predicted_ratio for p in points])
+    meas = np.array([p.measured_ratio for p in points])
+    err = np.abs(pred - meas) / meas
+    return {"ratio_mape_pct": round(float(err.mean() * 100), 3),
+            "ratio_within_5_pct": round(float((err <= 0.05).mean() * 100), 2),
+            "ratio_within_10_pct": round(float((err <= 0.10).mean() * 100), 2)}
 
 
 # --- the host/device split ---------------------------------------------------------------------------------------

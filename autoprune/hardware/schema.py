@@ -19,6 +19,7 @@ RUNTIMES = ("onnxruntime", "tensorrt", "pytorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 LATENCY_MODELS = ("table", "roofline")
 LAYER_OPS = ("conv", "linear", "maxpool", "avgpool")  # as signature.OPS; kept here so parsing needs no torch
+ROOFLINE_OPS = ("conv", "depthwise", "linear", "pool")  # as latency_models.op_type
 SIGNATURE_FIELDS = ("op", "cin", "cout", "kernel", "stride", "padding", "groups", "in_h", "in_w", "dtype")
 
 
@@ -167,7 +168,7 @@ def _check_latency(c: _Checker, value: Any) -> None:
         r = c.mapping(value["roofline"], "latency.roofline",
                       required=("peak_gflops", "bandwidth_gbs", "efficiency", "fixed_ms_per_layer",
                                 "bytes_per_element"),
-                      optional=("fit", "int8_peak_gflops", "int8_alignment"))
+                      optional=("fit", "int8_peak_gflops", "int8_alignment", "op_efficiency", "op_bandwidth"))
         c.number(r["peak_gflops"], "latency.roofline.peak_gflops", 0.0, exclusive=True)
         c.number(r["bandwidth_gbs"], "latency.roofline.bandwidth_gbs", 0.0, exclusive=True)
         eff = c.number(r["efficiency"], "latency.roofline.efficiency", 0.0, exclusive=True)
@@ -181,6 +182,11 @@ def _check_latency(c: _Checker, value: Any) -> None:
             c.number(r["int8_peak_gflops"], "latency.roofline.int8_peak_gflops", 0.0, exclusive=True)
         if "int8_alignment" in r:
             c.integer(r["int8_alignment"], "latency.roofline.int8_alignment", 1)
+        for name in ("op_efficiency", "op_bandwidth"):
+            if name in r:
+                ops = c.mapping(r[name], f"latency.roofline.{name}", required=(), optional=ROOFLINE_OPS)
+                for op, factor in ops.items():
+                    c.number(factor, f"latency.roofline.{name}.{op}", 0.0, exclusive=True)
 
 
 def _check_entry(c: _Checker, entry: Any, path: str) -> None:
@@ -203,13 +209,15 @@ def _check_per_model(c: _Checker, value: Any, path: str, check: Callable) -> Non
 
 def _check_calibration(c: _Checker, value: Any, path: str) -> None:
     c.mapping(value, path, required=("a", "b", "points", "source"),
-              optional=("date", "residual_ms", "spill_ms_per_mb", "cache_mb"))
+              optional=("date", "residual_ms", "spill_ms_per_mb", "cache_mb", "machine"))
     c.number(value["a"], f"{path}.a", 0.0, exclusive=True)
     c.number(value["b"], f"{path}.b", None)
     c.integer(value["points"], f"{path}.points", 1)
     c.string(value["source"], f"{path}.source")
     if "residual_ms" in value:
         c.number(value["residual_ms"], f"{path}.residual_ms")
+    if "machine" in value:
+        c.string(value["machine"], f"{path}.machine")
     for name in ("spill_ms_per_mb", "cache_mb"):
         if name in value:
             c.number(value[name], f"{path}.{name}", 0.0)
@@ -220,12 +228,16 @@ def _check_calibration(c: _Checker, value: Any, path: str) -> None:
 def _check_validation(c: _Checker, value: Any, path: str) -> None:
     c.mapping(value, path, required=("samples", "mape_pct", "within_5_pct", "within_10_pct", "kendall_tau", "date"),
               optional=("machine", "command", "note", "measured_range_ms", "calibrated", "rounds",
-                        "repeatable_10_pct"))
+                        "repeatable_10_pct", "ratio_mape_pct", "ratio_within_5_pct", "ratio_within_10_pct",
+                        "loo_median_pct"))
     c.integer(value["samples"], f"{path}.samples", 1)
     c.number(value["mape_pct"], f"{path}.mape_pct")
     if "rounds" in value:
         c.integer(value["rounds"], f"{path}.rounds", 1)
-    for key in ("within_5_pct", "within_10_pct", "repeatable_10_pct"):
+    for name in ("ratio_mape_pct", "loo_median_pct"):
+        if name in value:
+            c.number(value[name], f"{path}.{name}")
+    for key in ("within_5_pct", "within_10_pct", "repeatable_10_pct", "ratio_within_5_pct", "ratio_within_10_pct"):
         if key not in value:
             continue
         pct = c.number(value[key], f"{path}.{key}")

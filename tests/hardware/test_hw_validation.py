@@ -92,6 +92,11 @@ def test_validation_run_on_a_tiny_grid(tmp_path, resnet_space):
     assert 0 <= result.within_5_pct <= result.within_10_pct <= 100 and -1 <= result.kendall_tau <= 1
     errors = [abs(p.predicted_ms - p.measured_ms) / p.measured_ms for p in points]
     assert result.mape_pct == pytest.approx(100 * sum(errors) / 4, abs=1e-3)
+    # Each plan was also timed next to the dense model and scored as a ratio to it.
+    ratio_errors = [abs(p.predicted_ratio - p.measured_ratio) / p.measured_ratio for p in points]
+    assert all(0 < p.measured_ratio < 1.5 for p in points)
+    assert result.ratio_mape_pct == pytest.approx(100 * sum(ratio_errors) / 4, abs=1e-3)
+    assert "as ratios to the dense model" in result.summary()
     # The score is stored in the profile and shown with every prediction that uses it.
     path = save_profile(profile, tmp_path / "tiny.yaml")
     estimate = CostModel(load_profile(path)).predict(resnet_space, PruningPlan(alignment=16))
@@ -107,13 +112,18 @@ def test_validation_rounds_score_the_median_and_the_measurement_spread(resnet_sp
     # Plan 0 is steady; plan 1 swings by 25% in one round (a noisy neighbour), plan 2 by 5%.
     rounds = iter([(1.0, 2.0, 3.0), (1.0, 2.5, 3.15), (1.0, 2.0, 3.0)])
 
-    def fake_measure(profile, space, plans, progress=None, pin_cpu=None, items=None):
-        assert items is not None and len(items) == len(plans)  # built once, timed every round
+    def fake_measure(profile, space, plans, items, dense_item, progress=None, pin_cpu=None):
+        assert len(items) == len(plans)  # built once, timed every round
         measured = next(rounds)
-        return [profiling.PlanPoint(p, 0.0, 2.0, ms) for p, ms in zip(plans, measured)]
+        # The dense model ran at 4 ms beside each plan; the model predicts every plan at half the dense model.
+        return [profiling.PlanPoint(p, 0.0, 2.0, ms, predicted_ratio=0.5, measured_ratio=ms / 4.0)
+                for p, ms in zip(plans, measured)]
 
-    monkeypatch.setattr(profiling, "measure_plans", fake_measure)
+    monkeypatch.setattr(profiling, "measure_plans_paired", fake_measure)
     _, result, points = profiling.validate(profile, resnet_space, samples=3, seed=7, rounds=3)
     assert [p.measured_ms for p in points] == [1.0, 2.0, 3.0]  # the median of each plan's rounds
+    assert [p.measured_ratio for p in points] == [0.25, 0.5, 0.75]
+    assert result.ratio_within_10_pct == pytest.approx(100 / 3, rel=1e-3)
+    assert result.ratio_mape_pct == pytest.approx(100 * (1.0 + 0 + 1 / 3) / 3, rel=1e-3)
     assert result.repeatable_10_pct == pytest.approx(200 / 3, rel=1e-3)  # plan 1's 25% swing is not repeatable
     assert result.within_10_pct == pytest.approx(100 / 3, rel=1e-3)  # only plan 1 (2.0 ms) is predicted right

@@ -1,0 +1,98 @@
+"""The cost model on this machine: lazily measured tables, self-calibration, and the one entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.hardware import CostModel, load_profile, prepare_cost_model
+from autoprune.hardware import local
+from autoprune.hardware.profiling import measure_table as real_measure_table
+from autoprune.plan import PruningPlan
+from autoprune.pruning.space import generate_space
+
+from .conftest import table_profile
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv2(self.conv1(x).relu()).relu()).flatten(1))
+
+
+@pytest.fixture()
+def tiny_space():
+    return generate_space(Tiny().eval(), "tiny", (1, 3, 12, 12), alignment=16)
+
+
+@pytest.mark.timeout(120)
+def test_missing_layer_families_are_measured_here_once_and_cached(resnet_space, tiny_space, monkeypatch):
+    profile = table_profile(resnet_space, name="lazy-test")  # a measured onnxruntime table: this machine's target
+    assert local.runs_here(profile) and not CostModel(profile).covers(tiny_space)
+    calls, notes, progress = [], [], []
+
+    def counting(signatures, *args, **kwargs):
+        calls.append(len(signatures))
+        return real_measure_table(signatures, *args, **kwargs)
+
+    monkeypatch.setattr("autoprune.hardware.profiling.measure_table", counting)
+    model = prepare_cost_model(profile, tiny_space, lambda d, t: progress.append((d, t)), notes.append,
+                               calibrate=False)
+    assert calls and calls[0] == len(local.missing_signatures(profile, tiny_space))
+    assert progress and progress[-1][0] == progress[-1][1]
+    assert "measuring" in notes[0] and "min" in notes[0] and "cached in" in notes[0]
+    assert model.covers(tiny_space) and model.predict(tiny_space, PruningPlan()).latency_ms > 0
+    cached = json.loads((local.cache_dir(profile) / "entries.json").read_text())
+    assert len(cached["entries"]) == calls[0]
+    again = prepare_cost_model(profile, tiny_space, calibrate=False)
+    assert len(calls) == 1  # the cache answered
+    assert again.predict(tiny_space, PruningPlan()).latency_ms == pytest.approx(
+        model.predict(tiny_space, PruningPlan()).latency_ms, rel=1e-4)  # stored at 6 decimals
+
+
+def test_another_target_is_refused_before_training_with_the_commands_that_fix_it(resnet_space, tiny_space):
+    device = table_profile(resnet_space, name="some-device", runtime="tensorrt", precision="fp16")
+    assert not local.runs_here(device)
+    with pytest.raises(UserError, match=r"cannot price \d+ layer families of tiny at 1x3x12x12.*profile export.*"
+                                         r"profile run.*profile import"):
+        prepare_cost_model(device, tiny_space)
+    jetson = prepare_cost_model(load_profile("jetson"), tiny_space)  # an analytic model prices anything
+    assert jetson.predict(tiny_space, PruningPlan()).latency_ms > 0
+
+
+def test_an_estimated_profile_is_not_this_machine(resnet_space):
+    assert not local.runs_here(table_profile(resnet_space, provenance="estimated"))
+    assert local.runs_here(load_profile("cpu"))
+
+
+@pytest.mark.timeout(180)
+def test_self_calibration_fits_here_caches_and_says_so_once(resnet_space):
+    profile = table_profile(resnet_space, name="calib-test", device="some other CPU",
+                            software={"onnxruntime": "0.0.1"})
+    notes = []
+    calibrated = local.self_calibrate(profile, resnet_space, on_note=notes.append, plans=4, budget_s=1.0)
+    key = "resnet18@1x3x32x32"
+    record = calibrated.calibration[key]
+    assert record.points == 4 and record.a > 0 and record.machine == local.this_machine().fingerprint
+    assert len(notes) == 1 and "calibrated 'calib-test'" in notes[0] and "CPU 'some other CPU' there" in notes[0]
+    assert "onnxruntime 0.0.1 there" in notes[0]
+    estimate = CostModel(calibrated).predict(resnet_space, PruningPlan())
+    assert estimate.calibrated and estimate.calibrated_here and estimate.calibration_date == record.date
+    assert "fitted on this machine" in estimate.source
+    # A second call reads the cache (no timing), and says nothing more in this process.
+    again = local.self_calibrate(profile, resnet_space, on_note=notes.append, plans=4, budget_s=1.0)
+    assert again.calibration[key] == record and len(notes) == 1
+    # The shipped figures were not fitted here.
+    assert not CostModel(load_profile("cpu")).predict(resnet_space, PruningPlan()).calibrated_here
+    assert local.machine_differences(dataclasses.replace(profile, device=local.this_machine().cpu,
+                                                         software={})) == []
