@@ -29,7 +29,7 @@ def _study(tmp_path):
     return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
 
 
-def _freeze_mid_trial(proc, tmp_path, timeout=300):
+def _freeze_mid_trial(proc, tmp_path, timeout=900):
     """SIGSTOP the search at a moment when one trial has completed and another is running, so the signal
     sent next lands mid-trial however fast trials are on this machine. False on timeout or if it finished."""
     end = time.time() + timeout

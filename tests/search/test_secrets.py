@@ -51,5 +51,5 @@ def test_the_password_never_reaches_a_file_or_the_terminal(postgres, tmp_path, m
         assert PASSWORD.encode() not in path.read_bytes(), path
     assert not any(PASSWORD in text for text in printed)
     study = optuna.load_study(study_name="sec ret", storage=url)
-    assert PASSWORD not in json.dumps([study.user_attrs, study.system_attrs, [t.user_attrs for t in study.trials]],
+    assert PASSWORD not in json.dumps([study.user_attrs, [(t.user_attrs, t.system_attrs) for t in study.trials]],
                                       default=str)
