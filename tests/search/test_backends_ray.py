@@ -250,23 +250,27 @@ PRIVATE_RUN = textwrap.dedent("""
     worker_env = ray.get(ray.remote(num_cpus=0)(lambda: os.environ.get("RAY_AUTH_MODE")).remote())
     executor.submit(1, problem.plan({g.name: 0.5 for g in problem.space.groups}), None)
     (finished,) = executor.wait()
+    nodes = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
     executor.close()
     print(json.dumps({"mode": os.environ.get("RAY_AUTH_MODE"), "worker_mode": worker_env, "error": finished.error,
+                      "nodes": nodes, "stats": os.environ.get("RAY_USAGE_STATS_ENABLED"),
                       "up": ray.is_initialized(), "token": os.environ["RAY_AUTH_TOKEN"]}))
 """)
 
 
 @pytest.mark.timeout(180)
-def test_a_private_runtime_authenticates_with_a_token_it_writes_nowhere(tmp_path):
+def test_a_private_runtime_binds_loopback_and_authenticates_with_a_token_it_writes_nowhere(tmp_path):
     import json
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    # as a user's shell has it: none of the settings conftest.py makes for this process
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
     proc = subprocess.run([sys.executable, "-c", PRIVATE_RUN], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=170)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mode"] == out["worker_mode"] == "token" and out["error"] is None and not out["up"]
+    assert out["nodes"] == ["127.0.0.1"] and out["stats"] == "0"
     token = out.pop("token")
     assert len(token) == 64
     assert token not in proc.stderr and token not in proc.stdout.replace(token, "", 1)  # only our own print
