@@ -425,16 +425,16 @@ class RayExecutor(Executor):
     worker_start_timeout_s = 300.0
 
     def __init__(self, evaluator, settings: RaySettings, trial_timeout_s: float | None = None) -> None:
-        import ray
-
         self.settings = settings
         self.slots = settings.workers
         self.trial_timeout_s = trial_timeout_s
         self.deaths = 0
-        self._ray = ray
         self._idle: list[_Worker] = []
         self._running: dict[Any, _Running] = {}  # object ref of the result -> trial
-        self._started = connect_ray(settings)
+        self._started = connect_ray(settings)  # first: it configures Ray before Ray is imported
+        import ray
+
+        self._ray = ray
         try:
             check_schedulable(settings, cluster_nodes(), "the Ray cluster")
             self._actor_cls = _actor_class().options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)

@@ -1,6 +1,7 @@
-"""The Ray executor's failure isolation against one real loopback runtime (2 CPUs) shared by this module: errors
+"""The Ray executor's failure isolation against one real loopback runtime (4 logical CPUs) shared by this module: errors
 of any class, a hung trial killed at its timeout, a worker that keeps dying, Ctrl-C with trials in flight,
-requests that can never be scheduled; and, in a process of its own, a private runtime with token auth."""
+requests that can never be scheduled; and, in a process of its own, a private runtime with token auth. (How the
+runner records a timed-out trial is the same for both backends: tests/search/test_backends.py runs a search.)"""
 
 import ipaddress
 import os
@@ -50,24 +51,6 @@ class Scripted:
         return os.getpid()
 
 
-class HangsOnce(SyntheticEvaluator):
-    """The first call anywhere (an O_EXCL marker file decides) writes its pid there and hangs; the others
-    evaluate as usual."""
-
-    def __init__(self, problem, marker):
-        super().__init__(problem)
-        self.marker = marker
-
-    def evaluate(self, plan, guidance=None):
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return super().evaluate(plan, guidance)
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        time.sleep(60)
-
-
 @pytest.fixture(scope="module")
 def runtime():
     import ray
@@ -76,7 +59,7 @@ def runtime():
         pytest.skip("a Ray runtime from another test is still up")
     # pytest imports test modules by path (--import-mode=importlib): workers cannot import this one by name
     ray.cloudpickle.register_pickle_by_value(sys.modules[Scripted.__module__])
-    assert connect_ray(RaySettings(workers=2))
+    assert connect_ray(RaySettings(workers=4))  # 4 logical CPUs: the shared executor's 2 workers and 2 more
     yield ray
     ray.shutdown()
 
@@ -98,57 +81,55 @@ def _search(executor, trials, problem):
     return study, optimize(study, strategy, executor, trials, multi_fidelity=False)
 
 
-def test_errors_of_any_class_fail_only_their_trial(runtime):
-    executor = RayExecutor(Scripted(), RaySettings(workers=1))
-    try:
-        errors = {}
-        for key, guidance in enumerate(("oserror", "keyerror", "unpicklable"), 1):
-            executor.submit(key, PLAN, guidance)
-            (finished,) = executor.wait()
-            errors[guidance] = finished.error
-        assert errors["oserror"] == "OSError: [Errno 5] Input/output error: image file is truncated"
-        assert errors["keyerror"] == "KeyError: 'conv3'"
-        assert errors["unpicklable"].startswith("TypeError: ") and "pickle" in errors["unpicklable"]  # a RayTaskError
-        executor.submit(4, PLAN, None)
-        (finished,) = executor.wait()
-        assert finished.error is None and finished.result == executor.worker_pids()[0] != os.getpid()
-        assert executor.deaths == 0
-    finally:
-        executor.close()
+@pytest.fixture(scope="module")
+def scripted(runtime):
+    """Two workers, one retry, a 3 s trial timeout: shared by the tests below (a worker starts in seconds)."""
+    executor = RayExecutor(Scripted(), RaySettings(workers=2, retries=1), trial_timeout_s=3.0)
+    yield executor
+    executor.close()
 
 
-def test_a_hung_trial_is_killed_at_its_timeout_and_the_search_goes_on(runtime, tmp_path):
-    problem = SyntheticProblem(groups=4, seed=0)
-    marker = tmp_path / "hung"
-    executor = RayExecutor(HangsOnce(problem, str(marker)), RaySettings(workers=2), trial_timeout_s=3.0)
-    try:
-        before = set(executor.worker_pids())  # both started: from here a trial's clock is its own
-        started = time.monotonic()
-        study, interrupted = _search(executor, 4, problem)
-        wall = time.monotonic() - started
-        after = set(executor.worker_pids())
-    finally:
-        executor.close()
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    assert not interrupted and len(failed) == 1
-    assert failed[0].user_attrs["fail_reason"] == "timeout: the trial ran longer than 3 s (--trial-timeout)"
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3 and 3.0 <= wall < 60
-    hung = int(marker.read_text())
-    assert hung in before and hung not in after and len(after) == 2  # killed, and replaced by a new worker
-    assert _gone(hung)
+def _one(executor, guidance, key=1):
+    executor.submit(key, PLAN, guidance)
+    (finished,) = executor.wait()
+    assert finished.key == key and executor.in_flight() == []
+    return finished
 
 
-def test_a_worker_that_keeps_dying_is_retried_then_failed_with_the_reason(runtime):
-    executor = RayExecutor(Scripted(), RaySettings(workers=1, retries=1))
-    try:
-        executor.submit(1, PLAN, "die")
-        (finished,) = executor.wait()
-        assert finished.attempts == 2 and executor.deaths == 2
-        assert finished.error.startswith("worker died: ActorDiedError") and finished.error.endswith("(after 2 attempts)")
-        executor.submit(2, PLAN, None)
-        assert executor.wait()[0].result == executor.worker_pids()[0]  # a fresh worker took over
-    finally:
-        executor.close()
+def test_errors_of_any_class_fail_only_their_trial(scripted):
+    deaths = scripted.deaths
+    assert _one(scripted, "oserror").error == "OSError: [Errno 5] Input/output error: image file is truncated"
+    assert _one(scripted, "keyerror").error == "KeyError: 'conv3'"
+    unpicklable = _one(scripted, "unpicklable").error  # raised by Ray as a RayTaskError, in the driver
+    assert unpicklable.startswith("TypeError: ") and "pickle" in unpicklable
+    finished = _one(scripted, None)
+    assert finished.error is None and finished.result in scripted.worker_pids() and finished.result != os.getpid()
+    assert scripted.deaths == deaths
+
+
+def test_a_hung_trial_is_killed_at_its_timeout_and_its_worker_replaced(scripted):
+    before = set(scripted.worker_pids())  # both started: from here a trial's clock is its own
+    started = time.monotonic()
+    scripted.submit(1, PLAN, "hang")
+    scripted.submit(2, PLAN, 0.2)
+    first = scripted.wait()
+    assert [(f.key, f.error) for f in first] == [(2, None)]  # the other trial is not held up
+    (second,) = scripted.wait()
+    assert second.key == 1 and second.error == "timeout: the trial ran longer than 3 s (--trial-timeout)"
+    assert 3.0 <= time.monotonic() - started < 10.0
+    (hung,) = before - {first[0].result}
+    assert _gone(hung)  # its worker really was killed
+    after = set(scripted.worker_pids())
+    assert len(after) == 2 and hung not in after
+    assert _one(scripted, None, key=3).result in after
+
+
+def test_a_worker_that_keeps_dying_is_retried_then_failed_with_the_reason(scripted):
+    deaths = scripted.deaths
+    finished = _one(scripted, "die")
+    assert finished.attempts == 2 and scripted.deaths == deaths + 2  # --worker-retries 1: tried twice
+    assert finished.error.startswith("worker died: ActorDiedError") and finished.error.endswith("(after 2 attempts)")
+    assert _one(scripted, None, key=2).result in scripted.worker_pids()  # fresh workers took over
 
 
 def test_ctrl_c_with_trials_in_flight_closes_without_a_traceback(runtime, capfd, caplog):
@@ -179,9 +160,9 @@ def test_ctrl_c_with_trials_in_flight_closes_without_a_traceback(runtime, capfd,
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    (RaySettings(workers=1, cpus_per_trial=64), "no node of the Ray cluster can run a trial of 64 CPU: the largest has 2 CPU"),
+    (RaySettings(workers=1, cpus_per_trial=64), "no node of the Ray cluster can run a trial of 64 CPU: the largest has 4 CPU"),
     (RaySettings(workers=1, gpus_per_trial=1), "--gpus-per-trial 1 needs a GPU, but the Ray cluster has none"),
-    (RaySettings(workers=3), "only 2 of the 3 workers of 1 CPU each fit on the Ray cluster at once; use --workers 2"),
+    (RaySettings(workers=5), "only 4 of the 5 workers of 1 CPU each fit on the Ray cluster at once; use --workers 4"),
 ])
 def test_an_unschedulable_request_is_refused_at_start(runtime, settings, message):
     if settings.gpus_per_trial and torch.cuda.is_available():
@@ -250,23 +231,27 @@ PRIVATE_RUN = textwrap.dedent("""
     worker_env = ray.get(ray.remote(num_cpus=0)(lambda: os.environ.get("RAY_AUTH_MODE")).remote())
     executor.submit(1, problem.plan({g.name: 0.5 for g in problem.space.groups}), None)
     (finished,) = executor.wait()
+    nodes = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
     executor.close()
     print(json.dumps({"mode": os.environ.get("RAY_AUTH_MODE"), "worker_mode": worker_env, "error": finished.error,
+                      "nodes": nodes, "stats": os.environ.get("RAY_USAGE_STATS_ENABLED"),
                       "up": ray.is_initialized(), "token": os.environ["RAY_AUTH_TOKEN"]}))
 """)
 
 
 @pytest.mark.timeout(180)
-def test_a_private_runtime_authenticates_with_a_token_it_writes_nowhere(tmp_path):
+def test_a_private_runtime_binds_loopback_and_authenticates_with_a_token_it_writes_nowhere(tmp_path):
     import json
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    # as a user's shell has it: none of the settings conftest.py makes for this process
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
     proc = subprocess.run([sys.executable, "-c", PRIVATE_RUN], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=170)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mode"] == out["worker_mode"] == "token" and out["error"] is None and not out["up"]
+    assert out["nodes"] == ["127.0.0.1"] and out["stats"] == "0"
     token = out.pop("token")
     assert len(token) == 64
     assert token not in proc.stderr and token not in proc.stdout.replace(token, "", 1)  # only our own print
