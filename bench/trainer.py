@@ -120,7 +120,12 @@ def baselines(args) -> None:
         row = results[name] = {"epochs": []}
         wall0, cpu0 = time.perf_counter(), time.process_time()
         for epoch in range(1, recipe.epochs + 1):
-            loss = trainer.run(iter(loader), len(loader))
+            batches, losses = iter(loader), []
+            for start in range(0, len(loader), 100):  # chunks of 100 steps: progress in the log
+                losses.append(trainer.run(batches, min(100, len(loader) - start)))
+                print(f"{name} epoch {epoch}: {trainer.steps_done} steps, loss {losses[-1]:.4f}, "
+                      f"{time.perf_counter() - wall0:.0f} s", flush=True)
+            loss = statistics.mean(losses)
             test_acc = evaluate(model, test, data.num_classes, device).accuracy
             row["epochs"].append({"epoch": epoch, "train_loss": round(loss, 4), "test_accuracy": round(test_acc, 4),
                                   "wall_seconds": round(time.perf_counter() - wall0, 1),
