@@ -126,13 +126,14 @@ def regularize(
     device: torch.device | str = "cpu",
 ) -> dict[str, list[ChannelSlice]]:
     """Train ``steps`` steps (the trainer, on ``device``) on cross-entropy + ``strength`` * penalty: the penalty
-    is a loss term. Returns the regularized slices; the model ends on the CPU."""
+    is a loss term. The learning rate stays constant: this phase only has to shrink channels before the cut
+    (fine-tuning after the cut decays it). Returns the regularized slices; the model ends on the CPU."""
     slices = channel_slices(model, plan, example_inputs)
     penalty = penalty_fn(kind, slices)
 
     def loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(net, images, labels) + strength * penalty()
 
-    finetune_steps(model, loader, steps, lr, seed, loss, device=device)
+    finetune_steps(model, loader, steps, lr, seed, loss, device=device, lr_schedule="constant")
     model.to("cpu", memory_format=torch.contiguous_format)
     return slices
