@@ -217,10 +217,11 @@ def test_imagenet_preprocessing_for_pretrained_weights(tmp_path):
     folder = _fashion_dir(tmp_path)
     bundle = load_data(f"fashion-mnist:{folder}", (28, 28), 0, preprocessing="imagenet")
     x, _ = bundle.train[0]
+    darkest = float(bundle.train.tensors[0][0].min()) / 255.0  # the stored (uint8) image, before normalising
     assert "imagenet" in bundle.signature
-    # a black pixel maps to -mean/std per ImageNet channel
-    assert float(x[0].min()) == pytest.approx(-0.485 / 0.229, abs=1e-4)
-    assert float(x[2].min()) == pytest.approx(-0.406 / 0.225, abs=1e-4)
+    # grayscale repeated to 3 channels, each normalised by its ImageNet mean and std
+    assert float(x[0].min()) == pytest.approx((darkest - 0.485) / 0.229, abs=1e-4)
+    assert float(x[2].min()) == pytest.approx((darkest - 0.406) / 0.225, abs=1e-4)
 
 
 def test_pinned_loader_on_cuda_only():
