@@ -1,11 +1,12 @@
 """The dense baseline: loaded from a checkpoint, or trained once and cached.
 
 Cache entries live under ``$AUTOPRUNE_HOME/baselines`` keyed by everything that determines the weights
-(model, data spec, input shape, classes, seed, recipe, starting weights), plus the data's own signature when it
-has one (its train-time augmentation) and the device's numerics when it is not the CPU: CUDA-trained weights
-(other kernels, mixed precision) differ from CPU-trained ones, so neither is passed off as the other. Which CPU
-or which GPU does not enter the key. The weights are written first and
-the metadata last, both atomically, so a half-written entry is never taken as valid.
+(model, data spec, input shape, classes, seed, recipe, starting weights), plus: the data's own signature when
+it has one (its train-time augmentation, its preprocessing), a local weights file's content digest, and the
+device's numerics when it is not the CPU. CUDA-trained weights (other kernels, mixed precision) differ from
+CPU-trained ones, so neither is passed off as the other; which CPU or which GPU does not enter the key.
+The weights are written first and the metadata last, both atomically, so a half-written entry is never
+taken as valid.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from autoprune.data import DataBundle
 from autoprune.devices import numerics_key
-from autoprune.models import create_model, load_checkpoint
+from autoprune.models import create_model, load_checkpoint, weights_identity
 from autoprune.paths import atomic_write_bytes, atomic_write_json, autoprune_home
 from autoprune.training import TrainRecipe, evaluate, train_epochs
 
@@ -103,7 +104,8 @@ def get_baseline(
         accuracy = _accuracy(model, data, spec, device)
         return Baseline(_on_cpu(model), accuracy, f"checkpoint {checkpoint}", cached=False)
 
-    key = spec.cache_key(";".join(part for part in (data.signature, numerics_key(device)) if part))
+    extra = (data.signature, numerics_key(device), weights_identity(spec.weights))
+    key = spec.cache_key(";".join(part for part in extra if part))
     weights_path = baseline_dir() / f"{key}.pt"
     meta_path = baseline_dir() / f"{key}.json"
     cached = _load_cached(model, weights_path, meta_path)

@@ -1,4 +1,4 @@
-"""Knowledge distillation from the dense model: the loss, and a ``loss_fn`` for :func:`training.finetune_steps`.
+"""Knowledge distillation from the dense model: the loss, and a ``loss_fn`` for :class:`autoprune.trainer.Trainer`.
 
 The student (a pruned candidate) learns from the teacher's temperature-softened outputs as well as the labels
 (Hinton et al., 2015): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)``. The
@@ -7,6 +7,7 @@ The student (a pruned candidate) learns from the teacher's temperature-softened 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,14 +51,25 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def kd_loss_fn(teacher: nn.Module, settings: DistillSettings = DistillSettings()) -> LossFn:
-    """A ``loss_fn(model, images, labels)`` for :func:`autoprune.training.finetune_steps` that distils from
-    ``teacher``. The teacher runs in eval mode under ``no_grad``; its parameters are left as they are (students
-    are often deep copies of the teacher, and would inherit a frozen flag)."""
+    """A ``loss_fn(model, images, labels)`` for the trainer that distils from ``teacher``. The teacher runs in
+    eval mode under ``no_grad``; its parameters are left as they are (students are often deep copies of the
+    teacher, and would inherit a frozen flag). When the batches are on another device than the teacher (a CPU
+    baseline teaching a student on the GPU), a copy of the teacher is moved there once; the teacher itself stays
+    where it is."""
     teacher.eval()
+    copies: dict[torch.device, nn.Module] = {}
+
+    def teacher_on(device: torch.device) -> nn.Module:
+        first = next(teacher.parameters(), None)
+        if first is None or first.device == device:
+            return teacher
+        if device not in copies:
+            copies[device] = copy.deepcopy(teacher).to(device).eval()
+        return copies[device]
 
     def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = teacher(images)
+            target = teacher_on(images.device)(images)
         return distillation_loss(model(images), target, labels, settings.temperature, settings.alpha)
 
     return loss_fn

@@ -1,7 +1,14 @@
-"""Model registry: every torchvision classification model by name, with the classifier sized to the data."""
+"""Model registry: every torchvision classification model by name, with the classifier sized to the data.
+
+Starting weights (``--weights``) are torchvision's named weights (``DEFAULT``, ``IMAGENET1K_V1``, ...; downloaded
+when online) or the path of a local torchvision weights file (a state dict for the architecture, e.g. a copy of
+``resnet50-0676ba61.pth``). Either way the images are then normalised as those weights were trained
+(:func:`preprocessing`: ImageNet statistics), and the classifier is replaced when the class count differs.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -19,15 +26,57 @@ def available_models() -> list[str]:
 def create_model(name: str, num_classes: int, weights: str | None = None) -> nn.Module:
     """Build torchvision model ``name`` with a ``num_classes``-way classifier.
 
-    ``weights`` names torchvision weights (e.g. ``"DEFAULT"``); they are downloaded when online. With
-    weights, the pretrained classifier is replaced by a fresh one when ``num_classes`` differs.
+    ``weights`` names torchvision weights (e.g. ``"DEFAULT"``, downloaded when online) or is the path of a local
+    weights file (a state dict). With weights, the pretrained classifier is replaced by a fresh one when
+    ``num_classes`` differs.
     """
     if name not in available_models():
         raise unknown_choice("model", name, available_models(), "see `autoprune models`")
     if weights is None:
         return _build(name, num_classes=num_classes)
-    model = _build(name, weights=weights)
+    if is_weights_file(weights):
+        model = _from_weights_file(name, Path(weights))
+    else:
+        model = _build(name, weights=weights)
     _replace_classifier(model, num_classes)
+    return model
+
+
+def is_weights_file(weights: str | None) -> bool:
+    """Whether ``weights`` is a path (has a directory part or a .pt/.pth suffix, or names a file) rather than
+    the name of torchvision weights."""
+    if not weights:
+        return False
+    return "/" in weights or weights.endswith((".pt", ".pth")) or Path(weights).is_file()
+
+
+def preprocessing(weights: str | None) -> str:
+    """How the data must be normalised for ``weights``: "imagenet" for pretrained weights (every torchvision
+    classification weight set was trained on ImageNet-normalised images), else "dataset" (the data's own)."""
+    return "imagenet" if weights else "dataset"
+
+
+def weights_identity(weights: str | None) -> str:
+    """What about ``weights`` determines the starting model: a local file's content digest, else ""."""
+    if not is_weights_file(weights):
+        return ""
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"weights file {weights!r} does not exist; pass a torchvision state dict or DEFAULT")
+    return "weights-sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _from_weights_file(name: str, path: Path) -> nn.Module:
+    """``name`` with the weights of a local state dict, built with as many classes as the file's classifier."""
+    state = _unwrap_state_dict(_read_weights(path), path, "weights file")
+    probe = _build(name)
+    head_name = next(n for n, m in probe.named_modules() if m is classifier(probe))
+    head = state.get(f"{head_name}.weight")
+    if head is None:
+        raise UserError(f"weights file {str(path)!r} has no {head_name}.weight: is it for {name}?")
+    model = _build(name, num_classes=int(head.shape[0])) if head.shape[0] != classifier(probe).out_features else probe
+    _check_state_dict(model, state, path)
+    model.load_state_dict(state)
     return model
 
 
@@ -92,13 +141,28 @@ def load_checkpoint(model: nn.Module, path: Path, trust: bool = False) -> nn.Mod
         raise UserError(f"checkpoint {str(path)!r} could not be read: {_first_line(err)}{hint}") from err
     if isinstance(obj, nn.Module):
         return obj
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise UserError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a state dict")
+    obj = _unwrap_state_dict(obj, path, "checkpoint")
     _check_state_dict(model, obj, path)
     model.load_state_dict(obj)
     return model
+
+
+def _read_weights(path: Path):
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise UserError(f"weights file {str(path)!r} could not be read as a state dict: {_first_line(err)}") from err
+    raise UserError(f"weights file {str(path)!r} does not exist; pass a torchvision state dict or DEFAULT")
+
+
+def _unwrap_state_dict(obj, path: Path, kind: str) -> dict:
+    """The state dict in a loaded file (bare, or under a "state_dict" key)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"{kind} {str(path)!r} holds a {type(obj).__name__}, expected a state dict")
+    return obj
 
 
 def _check_state_dict(model: nn.Module, state: dict, path: Path) -> None:

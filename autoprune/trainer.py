@@ -138,7 +138,12 @@ class Trainer:
         self._check_every = 1 if self.device.type == "cpu" else 16
 
     def run(self, batches: Batches, steps: int) -> float:
-        """Take ``steps`` optimiser steps from ``batches``; return their mean loss (NaN when ``steps`` is 0)."""
+        """Take ``steps`` optimiser steps from ``batches``; return their mean loss (NaN when ``steps`` is 0).
+
+        The model is (back) on the trainer's device first, so a caller may move it away between chunks (to
+        prune on the CPU, say) without breaking the optimiser's state.
+        """
+        self.model.to(self.device, memory_format=self.layout)
         self.model.train()
         pending: list[torch.Tensor] = []
         total, count = 0.0, 0
@@ -148,6 +153,7 @@ class Trainer:
             if len(pending) >= self._check_every:
                 total, count = self._drain(pending, total, count)
         total, count = self._drain(pending, total, count)
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are not part of the trained model
         self.model.eval()
         return total / count if count else math.nan
 
@@ -165,8 +171,11 @@ class Trainer:
         images = to_device(images, self.device, self.layout)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        if self.dtype is None:
             loss = self.loss_fn(self.model, images, labels)
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                loss = self.loss_fn(self.model, images, labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)

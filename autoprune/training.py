@@ -36,10 +36,10 @@ class EvalResult:
         return tuple(c / t if t else float("nan") for c, t in zip(self.correct_per_class, self.total_per_class))
 
 
-def finetune_recipe(lr: float, batch_size: int = 64) -> TrainRecipe:
-    """The brief fine-tune's recipe: SGD momentum 0.9, weight decay 5e-4, cosine to zero from ``lr``."""
+def finetune_recipe(lr: float, batch_size: int = 64, lr_schedule: str = "cosine") -> TrainRecipe:
+    """The brief fine-tune's recipe: SGD momentum 0.9, weight decay 5e-4, cosine to zero from ``lr`` (or constant)."""
     return TrainRecipe(epochs=0, batch_size=batch_size, lr=lr, momentum=FINETUNE_MOMENTUM,
-                       weight_decay=FINETUNE_WEIGHT_DECAY)
+                       weight_decay=FINETUNE_WEIGHT_DECAY, lr_schedule=lr_schedule)
 
 
 def train_epochs(
@@ -68,13 +68,14 @@ def finetune_steps(
     loss_fn: LossFn = cross_entropy_loss,
     after_step: StepHook | None = None,
     device: torch.device | str = "cpu",
+    lr_schedule: str = "cosine",
 ) -> float:
     """Fine-tune ``model`` for ``steps`` SGD steps (:func:`finetune_recipe`); return the mean loss of the last
     (up to) 10 steps, NaN if ``steps == 0``. Raises :class:`NonFiniteLoss` when the loss is NaN or infinite."""
     if steps <= 0:
         return math.nan
-    trainer = Trainer(model, finetune_recipe(lr), steps, device=device, loss_fn=loss_fn, after_step=after_step,
-                      seed=seed)
+    trainer = Trainer(model, finetune_recipe(lr, lr_schedule=lr_schedule), steps, device=device, loss_fn=loss_fn,
+                      after_step=after_step, seed=seed)
     batches = cycle(loader)
     head = steps - min(10, steps)
     if head:

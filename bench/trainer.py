@@ -2,7 +2,8 @@
 
 (a) ``throughput``: the same model, batch and optimiser (SGD momentum 0.9, weight decay 5e-4, cosine schedule)
 trained by :class:`autoprune.trainer.Trainer` and by a hand-written loop, in interleaved rounds of ``--steps``
-steps (so drifting machine load hits both alike); images/s per round, the ratio of the medians. Goal >= 0.95.
+steps (so drifting machine load hits both alike; each round builds its trainer or optimiser anew, so the
+trainer's per-run set-up counts against it); images/s per round, the ratio of the medians. Goal >= 0.95.
 
 (b) ``baselines``: ResNet-18 and MobileNetV2 trained from scratch with the default recipe
 (:class:`~autoprune.trainer.TrainRecipe`, ``--epochs`` of them) on Fashion-MNIST resized 28 -> 32 px, on the
@@ -10,7 +11,7 @@ full 60,000-image train split (``--train-split full``) or the search's 80 % spli
 the official 10,000-image test split after every epoch. Goal: >= 92 % test accuracy. Records wall and CPU
 time, the load average, and rewrites the results after every epoch, so a long run leaves figures behind.
 
-    python bench/trainer.py throughput [--model resnet18] [--steps 20] [--rounds 5] [--batch 64] [--device cpu]
+    python bench/trainer.py throughput [--model resnet18] [--steps 3] [--rounds 12] [--batch 64] [--device cpu]
     python bench/trainer.py baselines [--models resnet18,mobilenet_v2] [--epochs 5] [--lr 0.05] [--device cpu]
 
 Writes ``bench/results/trainer_throughput.{json,md}`` or ``bench/results/trainer_baselines.{json,md}``.
@@ -49,7 +50,7 @@ def plain_loop(model: nn.Module, batches, steps: int, recipe: TrainRecipe, devic
         loss.backward()
         optimizer.step()
         scheduler.step()
-        float(loss)  # a plain loop logs its loss too
+        float(loss.detach())  # a plain loop logs its loss too
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -61,7 +62,7 @@ def throughput(args) -> None:
     images = torch.randn(args.batch, *args.shape)
     labels = torch.randint(0, 10, (args.batch,))
     batches = iter(lambda: (images, labels), None)
-    sampler, started = LoadSampler(), time.perf_counter()
+    env, sampler, started = environment(), LoadSampler(), time.perf_counter()
     rates: dict[str, list[float]] = {"trainer": [], "plain": []}
     models = {arm: create_model(args.model, 10).to(device) for arm in rates}
     for round_ in range(args.rounds + 1):  # round 0 warms both up and is not counted
@@ -78,7 +79,7 @@ def throughput(args) -> None:
     load = sampler.summary()
     med = {arm: statistics.median(r) for arm, r in rates.items()}
     ratio = med["trainer"] / med["plain"]
-    data = {"environment": environment(), "load_average": load, "wall_seconds": round(time.perf_counter() - started, 1),
+    data = {"environment": env, "load_average": load, "wall_seconds": round(time.perf_counter() - started, 1),
             "model": args.model, "batch": args.batch, "input": list(args.shape), "steps_per_round": args.steps,
             "rounds": args.rounds, "device": str(device), "mixed_precision": args.amp and device.type == "cuda",
             "images_per_second": {arm: [round(x, 1) for x in r] for arm, r in rates.items()},
@@ -110,7 +111,7 @@ def baselines(args) -> None:
     if data.augmentation is not None:
         loader = AugmentedLoader(loader, data.augmentation, args.seed)
     test = data.loader("test", 256, args.seed, shuffle=False)
-    sampler, started = LoadSampler(), time.perf_counter()
+    env, sampler, started = environment(), LoadSampler(), time.perf_counter()
     results = {}
     for name in args.models.split(","):
         with torch.random.fork_rng(devices=[]):
@@ -120,23 +121,28 @@ def baselines(args) -> None:
         row = results[name] = {"epochs": []}
         wall0, cpu0 = time.perf_counter(), time.process_time()
         for epoch in range(1, recipe.epochs + 1):
-            loss = trainer.run(iter(loader), len(loader))
+            batches, losses = iter(loader), []
+            for start in range(0, len(loader), 100):  # chunks of 100 steps: progress in the log
+                losses.append(trainer.run(batches, min(100, len(loader) - start)))
+                print(f"{name} epoch {epoch}: {trainer.steps_done} steps, loss {losses[-1]:.4f}, "
+                      f"{time.perf_counter() - wall0:.0f} s", flush=True)
+            loss = statistics.mean(losses)
             test_acc = evaluate(model, test, data.num_classes, device).accuracy
             row["epochs"].append({"epoch": epoch, "train_loss": round(loss, 4), "test_accuracy": round(test_acc, 4),
                                   "wall_seconds": round(time.perf_counter() - wall0, 1),
                                   "cpu_seconds": round(time.process_time() - cpu0, 1),
                                   "loadavg_1_5_15": [round(x, 2) for x in __import__("os").getloadavg()]})
             print(f"{name} epoch {epoch}/{recipe.epochs}: loss {loss:.4f}, test {test_acc:.4f}", flush=True)
-            _write_baselines(args, recipe, data, train, device, results, sampler, started)
-    _write_baselines(args, recipe, data, train, device, results, sampler, started, final=True)
+            _write_baselines(env, args, recipe, data, train, device, results, sampler, started)
+    _write_baselines(env, args, recipe, data, train, device, results, sampler, started, final=True)
 
 
-def _write_baselines(args, recipe, data, train, device, results, sampler, started, final=False) -> None:
+def _write_baselines(env, args, recipe, data, train, device, results, sampler, started, final=False) -> None:
     import os
 
     load = sampler.summary() if final else {"so_far_loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
                                            "mean_so_far": round(statistics.mean(sampler.samples), 2)}
-    data_out = {"environment": environment(), "load_average": load,
+    data_out = {"environment": env, "load_average": load,
                 "wall_seconds": round(time.perf_counter() - started, 1), "complete": final,
                 "data": args.data, "train_images": len(train), "test_images": len(data.test), "input": [3, 32, 32],
                 "recipe": recipe.to_dict() | {"warmup_steps": recipe.warmup_steps, "lr_schedule": recipe.lr_schedule},
@@ -161,8 +167,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="part", required=True)
     a = sub.add_parser("throughput")
     a.add_argument("--model", default="resnet18")
-    a.add_argument("--steps", type=int, default=20)
-    a.add_argument("--rounds", type=int, default=5)
+    a.add_argument("--steps", type=int, default=3, help="steps per round (short rounds: load bursts hit both arms)")
+    a.add_argument("--rounds", type=int, default=12)
     a.add_argument("--batch", type=int, default=64)
     a.add_argument("--shape", type=lambda s: tuple(int(x) for x in s.split("x")), default=(3, 32, 32))
     a.add_argument("--device", default="cpu")

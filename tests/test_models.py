@@ -62,3 +62,52 @@ def test_pickled_model_needs_trust(tmp_path):
         load_checkpoint(create_model("resnet18", 10), path)
     loaded = load_checkpoint(create_model("resnet18", 10), path, trust=True)
     assert torch.equal(loaded.fc.weight, model.fc.weight)
+
+
+def test_local_weights_file_loads_and_resizes_the_classifier(tmp_path):
+    from autoprune.models import preprocessing, weights_identity
+
+    torch.manual_seed(1)
+    source = create_model("resnet18", 1000)  # a stand-in for torchvision's ImageNet file: same layout
+    path = tmp_path / "resnet18-test.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("resnet18", 10, str(path))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean)
+    assert classifier(model).out_features == 10  # a fresh head for the user's classes
+    same = create_model("resnet18", 1000, str(path))
+    assert torch.equal(same.fc.weight, source.fc.weight)  # same class count: the pretrained head is kept
+    assert preprocessing(str(path)) == "imagenet" and preprocessing(None) == "dataset"
+    assert weights_identity(str(path)).startswith("weights-sha256:") and weights_identity("DEFAULT") == ""
+
+
+def test_bad_weights_files_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        create_model("resnet18", 10, str(tmp_path / "missing.pth"))
+    other = tmp_path / "mnv2.pth"
+    torch.save(create_model("mobilenet_v2", 1000).state_dict(), other)
+    with pytest.raises(UserError, match="fc.weight"):
+        create_model("resnet18", 10, str(other))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(UserError, match="could not be read"):
+        create_model("resnet18", 10, str(bad))
+
+
+def test_pretrained_baseline_uses_imagenet_preprocessing_and_keys_the_file(tmp_path):
+    from autoprune.baseline import BaselineSpec, get_baseline
+    from autoprune.data import load_data
+    from autoprune.models import preprocessing
+    from autoprune.training import TrainRecipe
+
+    torch.manual_seed(2)
+    path = tmp_path / "w.pth"
+    torch.save(create_model("resnet18", 1000).state_dict(), path)
+    data = load_data("digits?n=64", (16, 16), 0, preprocessing(str(path)))
+    spec = BaselineSpec("resnet18", "digits?n=64", (1, 3, 16, 16), 10, 0, TrainRecipe(epochs=1, batch_size=32),
+                        str(path))
+    first = get_baseline(spec, data)
+    assert get_baseline(spec, data).cached
+    torch.save(create_model("resnet18", 1000).state_dict(), path)  # same path, other weights: retrained
+    assert not get_baseline(spec, data).cached
+    assert not torch.equal(first.model.conv1.weight, get_baseline(spec, data).model.conv1.weight)

@@ -18,8 +18,12 @@ from autoprune.paths import atomic_write_bytes, atomic_write_json, atomic_write_
 from autoprune.plan import PruningPlan
 
 
-def _model(name: str, num_classes: int, checkpoint: Optional[Path]):
-    model = create_model(name, num_classes)
+DEVICE_HELP = "where training and scoring run: auto (CUDA when present) | cpu | cuda | cuda:N"
+WEIGHTS_HELP = "starting weights: torchvision's (DEFAULT, needs network access once) or a local weights file (state dict)"
+
+
+def _model(name: str, num_classes: int, checkpoint: Optional[Path], weights: Optional[str] = None):
+    model = create_model(name, num_classes, weights)
     if checkpoint is not None:
         model = load_checkpoint(model, checkpoint)
     return model.eval()
@@ -76,6 +80,8 @@ def prune(
     input_shape: str = typer.Option("1x3x32x32", "--input-shape"),
     num_classes: int = typer.Option(10, "--num-classes", help="classes when no --data is given"),
     seed: int = typer.Option(0, "--seed"),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON on stdout"),
 ) -> None:
     """Apply a plan (or one uniform ratio) once and write the pruned model, its ONNX export and metrics."""
@@ -92,14 +98,18 @@ def prune(
         raise UserError(f"--ratio {ratio} is outside [0, 1); it is the fraction of channels removed")
     if finetune_steps > 0 and data is None:
         raise UserError("--finetune-steps needs --data to fine-tune on")
+    from autoprune.devices import resolve_device
+    from autoprune.models import preprocessing
+
+    dev = resolve_device(device)
     shape = parse_input_shape(input_shape)
     bundle = None
     if data is not None:
         from autoprune.data import load_data
 
-        bundle = load_data(data, (shape[2], shape[3]), seed)
+        bundle = load_data(data, (shape[2], shape[3]), seed, preprocessing(weights))
         num_classes = bundle.num_classes
-    net = _model(model, num_classes, checkpoint)
+    net = _model(model, num_classes, checkpoint, weights)
     if ratio is not None:
         groups = generate_space(net, model, shape).group_names
         plan = PruningPlan.uniform(groups, 1.0 - ratio, importance=importance or "l1", alignment=alignment or 1)
@@ -110,22 +120,22 @@ def prune(
     else:
         plan = PruningPlan(importance=importance or "l1", alignment=alignment or 1)
     plan = _schedule_plan(plan, schedule, sparsity, importance)
-    loader = bundle.loader("train", 32, seed) if bundle is not None else None
+    loader = bundle.loader("train", 32, seed, device=dev) if bundle is not None else None
     calibration = None
     if needs_calibration(plan.importance):
         if loader is None:
             raise UserError(f"importance {plan.importance!r} needs calibration batches: pass --data")
         calibration = [batch for _, batch in zip(range(2), loader)]
-    before = _accuracy(net, bundle)
+    before = _accuracy(net, bundle, dev)
     result = run_schedule(net, plan, schedule, torch.zeros(shape), loader, finetune_steps, rounds, seed=seed,
-                          calibration=calibration, reg_strength=reg_strength)
+                          calibration=calibration, reg_strength=reg_strength, device=dev)
     metrics = {
         "model": model, "schedule": schedule, "plan": plan.to_dict(), **pruned_metrics(net, shape),
         "achieved_sparsity": result.sparsity.to_dict(),
     }
     if bundle is not None:
         metrics["accuracy_before"] = before
-        metrics["accuracy"] = _accuracy(net, bundle)
+        metrics["accuracy"] = _accuracy(net, bundle, dev)
     buffer = io.BytesIO()
     torch.save(net, buffer)  # the whole module: a pruned model no longer fits the torchvision class's shapes
     atomic_write_bytes(out / "model.pt", buffer.getvalue())
@@ -144,7 +154,7 @@ def prune(
 
 def sensitivity(
     model: str = typer.Option(..., "--model", help="torchvision model name"),
-    data: str = typer.Option("mnist5k", "--data", help="data spec: mnist5k | digits | cifar10[:DIR] | imagefolder:PATH"),
+    data: str = typer.Option("mnist5k", "--data", help="data spec: mnist5k | digits | fashion-mnist[:DIR] | cifar10[:DIR] | cifar100[:DIR] | imagefolder:PATH, optionally ?n=N (a subset)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict of the trained dense model; without it the cached baseline is used (trained once if missing)"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint (runs code from the file)"),
     input_shape: str = typer.Option("1x3x32x32", "--input-shape", help="NxCxHxW"),
@@ -154,6 +164,8 @@ def sensitivity(
     bn_batches: int = typer.Option(8, "--bn-batches", help="training batches for BatchNorm recalibration"),
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs of the baseline (matches `search` to reuse its cache)"),
     seed: int = typer.Option(0, "--seed"),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for sensitivity.json and sensitivity.html (default autoprune-runs/sensitivity-MODEL)"),
     space_out: Optional[Path] = typer.Option(None, "--space-out", help="also write a reviewed search space (YAML for `search --space`) with per-group min_keep from the table"),
     max_drop: float = typer.Option(0.02, "--max-drop", help="accuracy drop a group may cost for --space-out (absolute, 0.02 = 2 points)"),
@@ -168,6 +180,8 @@ def sensitivity(
     from autoprune.pruning.sensitivity import (
         analyze_sensitivity, parse_ratios, select_groups, sensitivity_html, sensitivity_space, space_yaml,
     )
+    from autoprune.devices import resolve_device
+    from autoprune.models import preprocessing
     from autoprune.pruning.importance import make_importance
     from autoprune.training import TrainRecipe
 
@@ -177,15 +191,16 @@ def sensitivity(
         raise UserError(f"--max-drop {max_drop} must lie in [0, 1) (absolute accuracy, 0.02 = two points)")
     if bn_batches < 0 or baseline_epochs < 1:
         raise UserError("--bn-batches must be >= 0 and --baseline-epochs >= 1")
+    dev = resolve_device(device)
     shape = parse_input_shape(input_shape)
-    bundle = load_data(data, (shape[2], shape[3]), seed)
+    bundle = load_data(data, (shape[2], shape[3]), seed, preprocessing(weights))
     selected = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
     # check the group names on an untrained copy: a typo should not cost a baseline training first
     select_groups(generate_space(create_model(model, bundle.num_classes), model, shape), selected)
-    spec = BaselineSpec(model, data, shape, bundle.num_classes, seed, TrainRecipe(epochs=baseline_epochs))
-    err_console.print(f"preparing the dense baseline of {model} on {data}")
-    baseline = get_baseline(spec, bundle, checkpoint, trust_checkpoint)
-    train_loader = bundle.loader("train", 32, seed)
+    spec = BaselineSpec(model, data, shape, bundle.num_classes, seed, TrainRecipe(epochs=baseline_epochs), weights)
+    err_console.print(f"preparing the dense baseline of {model} on {data} ({dev})")
+    baseline = get_baseline(spec, bundle, checkpoint, trust_checkpoint, device=dev)
+    train_loader = bundle.loader("train", 32, seed, device=dev)
     calibration = [b for _, b in zip(range(2), train_loader)] if needs_calibration(importance) else None
     table = analyze_sensitivity(
         baseline.model, model, shape, bundle.loader("val", 256, seed, shuffle=False), train_loader,
@@ -193,6 +208,7 @@ def sensitivity(
         on_point=lambda p: err_console.print(
             f"  {p.group:<40} keep {p.keep_ratio:.2f}: drop {100 * p.drop:+6.2f} pts, "
             f"recalibrated {100 * p.drop_recalibrated:+6.2f} pts", markup=False, highlight=False),
+        device=dev,
     )
     folder = out if out is not None else Path("autoprune-runs") / f"sensitivity-{model}"
     atomic_write_json(folder / "sensitivity.json", table.to_dict())
@@ -224,12 +240,15 @@ def _schedule_plan(plan: PruningPlan, schedule: str, sparsity: float | None, imp
     return PruningPlan.from_dict(data)
 
 
-def _accuracy(net, bundle) -> float | None:
+def _accuracy(net, bundle, device) -> float | None:
+    """Validation accuracy scored on ``device``; ``net`` is back on the CPU afterwards (export works there)."""
     if bundle is None:
         return None
     from autoprune.training import evaluate
 
-    return evaluate(net, bundle.loader("val", 64, 0), bundle.num_classes).accuracy
+    accuracy = evaluate(net, bundle.loader("val", 64, 0, device=device), bundle.num_classes, device).accuracy
+    net.to("cpu", memory_format=torch.contiguous_format)
+    return accuracy
 
 
 def register(app: typer.Typer) -> None:

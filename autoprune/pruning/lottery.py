@@ -51,14 +51,17 @@ def lottery(
     calibration=None,
     rewind_step: int | None = None,
     on_rewind: Callable[[int, nn.Module, Masks, dict[str, torch.Tensor]], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> PruneResult:
     """Prune ``model`` in place to ``plan`` by iterative magnitude pruning with rewinding.
 
     ``steps`` SGD steps in all: ``rewind_step`` (default a tenth) before the rewind point, the rest split
     evenly over ``rounds`` + 1 training phases. ``on_rewind(round, model, masks, rewind_state)`` is called
-    right after each rewind (for inspection; ``rewind_state`` is the saved state dict).
+    right after each rewind (for inspection; ``rewind_state`` is the saved state dict). Training runs on
+    ``device`` (the trainer's fine-tuning recipe, one cosine schedule per phase); masks, rewinds and the
+    result are on the CPU.
     """
-    from autoprune.pruning.schedules import _finetune, prune_result
+    from autoprune.pruning.schedules import finetune_masked, prune_result
 
     if not plan.is_sparse:
         raise UserError(
@@ -72,17 +75,17 @@ def lottery(
     rewind_step = max(0, steps // 10 if rewind_step is None else min(rewind_step, steps))
     phase = (steps - rewind_step) // (rounds + 1)
     masks = Masks()
-    _finetune(model, loader, rewind_step, lr, seed, masks)
+    finetune_masked(model, loader, rewind_step, lr, seed, masks, device)
     rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for r in range(1, rounds + 1):
-        _finetune(model, loader, phase, lr, seed + r, masks)
+        finetune_masked(model, loader, phase, lr, seed + r, masks, device)
         masks.apply(model)
         masks = sparsity_masks(model, round_plan(plan, r, rounds))
         model.load_state_dict(rewind_state)
         masks.apply(model)
         if on_rewind is not None:
             on_rewind(r, model, masks, rewind_state)
-    _finetune(model, loader, steps - rewind_step - rounds * phase, lr, seed + rounds + 1, masks)
+    finetune_masked(model, loader, steps - rewind_step - rounds * phase, lr, seed + rounds + 1, masks, device)
     masks.apply(model)
     return prune_result(model, masks)
 

@@ -37,9 +37,14 @@ class ChannelSlice:
     dim: int
     idxs: torch.Tensor
 
+    def weights(self) -> torch.Tensor:
+        """The channels' weights (differentiable), wherever the module lives."""
+        weight = self.module.weight
+        return weight.index_select(self.dim, self.idxs.to(weight.device))
+
     def per_channel_sq(self) -> torch.Tensor:
         """Sum of squared weights per group channel (differentiable)."""
-        w = self.module.weight.index_select(self.dim, self.idxs)
+        w = self.weights()
         return w.pow(2).transpose(0, self.dim).reshape(len(self.idxs), -1).sum(dim=1)
 
 
@@ -82,7 +87,7 @@ def penalty_fn(kind: str, slices: dict[str, list[ChannelSlice]]) -> Callable[[],
         raise unknown_choice("regularizer", kind, REGULARIZERS)
     if kind == "slimming":
         norms = [s for group in slices.values() for s in group if isinstance(s.module, BatchNorms)]
-        return lambda: sum((s.module.weight.index_select(0, s.idxs).abs().sum() for s in norms), torch.zeros(()))
+        return lambda: sum((s.weights().abs().sum() for s in norms), torch.zeros(()))
 
     def group_lasso() -> torch.Tensor:
         total = torch.zeros(())
@@ -101,7 +106,7 @@ def group_norms(kind: str, slices: dict[str, list[ChannelSlice]]) -> dict[str, t
     with torch.no_grad():
         if kind == "slimming":
             return {
-                g: torch.stack([s.module.weight.index_select(0, s.idxs).abs()
+                g: torch.stack([s.weights().abs()
                                 for s in group if isinstance(s.module, BatchNorms)]).sum(dim=0)
                 for g, group in slices.items()
             }
@@ -118,13 +123,17 @@ def regularize(
     strength: float,
     lr: float = 0.01,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, list[ChannelSlice]]:
-    """Train ``steps`` SGD steps on cross-entropy + ``strength`` * penalty; return the regularized slices."""
+    """Train ``steps`` steps (the trainer, on ``device``) on cross-entropy + ``strength`` * penalty: the penalty
+    is a loss term. The learning rate stays constant: this phase only has to shrink channels before the cut
+    (fine-tuning after the cut decays it). Returns the regularized slices; the model ends on the CPU."""
     slices = channel_slices(model, plan, example_inputs)
     penalty = penalty_fn(kind, slices)
 
     def loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(net, images, labels) + strength * penalty()
 
-    finetune_steps(model, loader, steps, lr, seed, loss)
+    finetune_steps(model, loader, steps, lr, seed, loss, device=device, lr_schedule="constant")
+    model.to("cpu", memory_format=torch.contiguous_format)
     return slices

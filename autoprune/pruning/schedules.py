@@ -1,14 +1,15 @@
 """How much and when: one-shot, iterative, automated gradual pruning (AGP), lottery-ticket rewinding and
 regularize-then-cut (network slimming, group lasso), all with masked fine-tuning.
 
-Fine-tuning re-applies the sparsity masks after every optimizer step, so pruned weights stay exactly zero
-and each schedule ends at its plan's target sparsity.
+Fine-tuning is the one trainer's (:mod:`autoprune.trainer`: SGD momentum 0.9, weight decay 5e-4, cosine to zero
+over each training phase) with the sparsity masks re-applied after every optimizer step, so pruned weights stay
+exactly zero and each schedule ends at its plan's target sparsity. Training runs on ``device``; pruning, and the
+model between phases and at the end, stay on the CPU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from autoprune.errors import unknown_choice
 from autoprune.plan import PruningPlan
 from autoprune.pruning.engine import PruneResult, prune
 from autoprune.pruning.unstructured import Masks, apply_sparsity
+from autoprune.trainer import Trainer, cycle, mask_hook
+from autoprune.training import finetune_recipe, finetune_steps
 
 SCHEDULES = ("one-shot", "iterative", "agp", "lottery", "slimming", "group-lasso")
 
@@ -52,6 +55,7 @@ def run_schedule(
     seed: int = 0,
     calibration=None,
     reg_strength: float = 1e-3,
+    device: torch.device | str = "cpu",
 ) -> PruneResult:
     """Prune ``model`` in place to ``plan`` by ``schedule`` with ``steps`` fine-tuning steps in total.
 
@@ -71,17 +75,17 @@ def run_schedule(
     if schedule == "lottery":
         from autoprune.pruning.lottery import lottery
 
-        return lottery(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration)
+        return lottery(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration, device=device)
     if schedule in ("slimming", "group-lasso"):
         return _regularized(model, plan, schedule, example_inputs, loader, steps, lr, seed, calibration,
-                            reg_strength)
+                            reg_strength, device)
     if schedule == "one-shot" or (steps <= 0 and schedule == "agp"):
         result = prune(model, plan, example_inputs, calibration, seed)
-        _finetune(model, loader, steps, lr, seed, result.masks)
+        finetune_masked(model, loader, steps, lr, seed, result.masks, device)
         return prune_result(model, result.masks)
     if schedule == "iterative":
-        return _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration)
-    return _agp(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration)
+        return _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration, device)
+    return _agp(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration, device)
 
 
 def prune_result(model: nn.Module, masks: Masks) -> PruneResult:
@@ -90,7 +94,7 @@ def prune_result(model: nn.Module, masks: Masks) -> PruneResult:
     return PruneResult(model, masks, sparsity_report(model, masks.patterns))
 
 
-def _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration) -> PruneResult:
+def _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration, device) -> PruneResult:
     from autoprune.pruning.space import generate_space
 
     groups = {g.name: g for g in generate_space(model, "", tuple(example_inputs.shape)).groups}
@@ -113,54 +117,51 @@ def _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, cal
         )
         result = prune(model, step_plan, example_inputs, calibration, seed)
         current = wanted
-        _finetune(model, loader, steps // rounds, lr, seed + r, result.masks)
+        finetune_masked(model, loader, steps // rounds, lr, seed + r, result.masks, device)
     return prune_result(model, result.masks)
 
 
-def _regularized(model, plan, kind, example_inputs, loader, steps, lr, seed, calibration, strength) -> PruneResult:
+def _regularized(model, plan, kind, example_inputs, loader, steps, lr, seed, calibration, strength,
+                 device) -> PruneResult:
     from autoprune.pruning.regularization import REGULARIZERS, regularize
 
     reg_steps = steps // 2 if loader is not None else 0
     if reg_steps > 0 and plan.is_structured:
-        regularize(model, plan, example_inputs, loader, reg_steps, kind, strength, lr, seed)
+        regularize(model, plan, example_inputs, loader, reg_steps, kind, strength, lr, seed, device)
     cut = PruningPlan.from_dict({**plan.to_dict(), "importance": REGULARIZERS[kind]})
     result = prune(model, cut, example_inputs, calibration, seed)
-    _finetune(model, loader, steps - reg_steps, lr, seed + 1, result.masks)
+    finetune_masked(model, loader, steps - reg_steps, lr, seed + 1, result.masks, device)
     return prune_result(model, result.masks)
 
 
-def _agp(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration) -> PruneResult:
+def _agp(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration, device) -> PruneResult:
+    """One trainer over all ``steps`` (one cosine schedule), the masks it re-applies growing every interval."""
     structured = PruningPlan(keep_ratios=plan.keep_ratios, importance=plan.importance, alignment=plan.alignment)
     prune(model, structured, example_inputs, calibration, seed)
     interval = max(1, math.ceil(steps / rounds))
-    masks = Masks()
+    trainer = Trainer(model, finetune_recipe(lr), steps, device=device, seed=seed) if loader is not None else None
+    batches = cycle(loader) if loader is not None else None
     done = 0
     while done < steps:
         fraction = agp_sparsity(done + interval, steps, 1.0)  # reach the target at the last update
-        masks, _ = apply_sparsity(model, scaled_plan(plan, fraction))
+        masks, _ = apply_sparsity(_on_cpu(model), scaled_plan(plan, fraction))
         chunk = min(interval, steps - done)
-        _finetune(model, loader, chunk, lr, seed + done, masks)
+        if trainer is not None:
+            trainer.after_step = mask_hook(masks, device)
+            trainer.run(batches, chunk)
         done += chunk
-    masks, _ = apply_sparsity(model, plan)
+    masks, _ = apply_sparsity(_on_cpu(model), plan)
     return prune_result(model, masks)
 
 
-def _batches(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
-def _finetune(model: nn.Module, loader: DataLoader | None, steps: int, lr: float, seed: int, masks: Masks) -> None:
-    """SGD fine-tuning that keeps masked weights at zero after every step."""
+def finetune_masked(model: nn.Module, loader: DataLoader | None, steps: int, lr: float, seed: int, masks: Masks,
+                    device: torch.device | str = "cpu") -> None:
+    """Fine-tune ``steps`` steps on ``device`` keeping masked weights at zero; the model ends on the CPU."""
     if steps <= 0 or loader is None:
         return
-    torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    for _, (images, labels) in zip(range(steps), _batches(loader)):
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-        masks.apply(model)
-    optimizer.zero_grad(set_to_none=True)
-    model.eval()
+    finetune_steps(model, loader, steps, lr, seed, after_step=mask_hook(masks, device), device=device)
+    _on_cpu(model)
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    return model.to("cpu", memory_format=torch.contiguous_format)

@@ -132,22 +132,24 @@ def analyze_sensitivity(
     data_name: str = "",
     calibration=None,
     on_point: Callable[[SensitivityPoint], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> SensitivityTable:
     """Prune each of ``groups`` (default: every group) alone to each keep ratio and measure the accuracy drop.
 
     ``model`` is not modified. ``bn_batches`` training batches re-estimate BatchNorm statistics for the
-    recalibrated figure; ``calibration`` batches feed gradient importance criteria.
+    recalibrated figure; ``calibration`` batches feed gradient importance criteria. Copies are pruned on the CPU
+    and recalibrated and scored on ``device``.
     """
     space = generate_space(model, model_name, input_shape)
     names = select_groups(space, groups)
     channels = space.group_channels()
     ratios = tuple(sorted({float(r) for r in ratios}, reverse=True))
-    dense = evaluate(model, val_loader, num_classes).accuracy
     # the same batches for every copy: the recalibrated figures then differ by the pruning alone
     bn_data = [batch for _, batch in zip(range(bn_batches), train_loader)]
-    dense_copy = copy.deepcopy(model)
-    recalibrate_bn(dense_copy, bn_data, bn_batches)
-    dense_recalibrated = evaluate(dense_copy, val_loader, num_classes).accuracy
+    dense_copy = copy.deepcopy(model)  # scored on the device: ``model`` itself stays where it is
+    dense = evaluate(dense_copy, val_loader, num_classes, device).accuracy
+    recalibrate_bn(dense_copy, bn_data, bn_batches, device)
+    dense_recalibrated = evaluate(dense_copy, val_loader, num_classes, device).accuracy
     del dense_copy
     example = torch.zeros(input_shape)
     points = []
@@ -156,9 +158,10 @@ def analyze_sensitivity(
             plan = PruningPlan(keep_ratios={group: ratio}, importance=importance)
             candidate = copy.deepcopy(model)
             apply_plan(candidate, plan, example, calibration)
-            accuracy = evaluate(candidate, val_loader, num_classes).accuracy
-            recalibrate_bn(candidate, bn_data, bn_batches)
-            recalibrated = evaluate(candidate, val_loader, num_classes).accuracy
+            accuracy = evaluate(candidate, val_loader, num_classes, device).accuracy
+            recalibrate_bn(candidate, bn_data, bn_batches, device)
+            recalibrated = evaluate(candidate, val_loader, num_classes, device).accuracy
+            del candidate
             point = SensitivityPoint(
                 group, ratio, channels[group], plan.kept_channels(group, channels[group]), accuracy, recalibrated,
                 dense - accuracy, dense_recalibrated - recalibrated,

@@ -86,46 +86,29 @@ class ExportResult:
 
 
 def finetune_epochs(model: nn.Module, loader, settings: ExportSettings, seed: int, masks=None,
-                    teacher: nn.Module | None = None, on_epoch: Callable[[int, int, float], None] | None = None
-                    ) -> tuple[int, float]:
-    """Fine-tune ``model`` in place; return (steps, mean loss of the last epoch)."""
+                    teacher: nn.Module | None = None, on_epoch: Callable[[int, int, float], None] | None = None,
+                    device: torch.device | str = "cpu") -> tuple[int, float]:
+    """Fine-tune ``model`` in place with the trainer (on ``device``; the model ends on the CPU); return (steps,
+    mean loss of the last epoch)."""
+    from autoprune.distill import DistillSettings, kd_loss_fn
+    from autoprune.trainer import NonFiniteLoss, Trainer, TrainRecipe, cross_entropy_loss, mask_hook
+
     epochs = settings.finetune_epochs
     if epochs == 0:
         return 0, math.nan
-    torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-    if teacher is not None:
-        teacher.eval()
-    steps, mean = 0, math.nan
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total, batches = 0.0, 0
-        for images, labels in loader:
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(images)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = teacher(images)
-                loss = distillation_loss(logits, target, labels, settings.temperature, settings.distill_weight)
-            else:
-                loss = nn.functional.cross_entropy(logits, labels)
-            if not torch.isfinite(loss):
-                raise UserError(f"fine-tuning diverged (loss {loss.item()} at step {steps + 1}); lower --lr "
-                                f"(now {settings.lr:g})")
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if masks:
-                masks.apply(model)
-            total += float(loss.detach())
-            batches += 1
-            steps += 1
-        mean = total / max(1, batches)
-        if on_epoch is not None:
-            on_epoch(epoch, epochs, mean)
-    model.eval()
-    return steps, mean
+    recipe = TrainRecipe(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr, momentum=0.9,
+                         weight_decay=5e-4)
+    loss_fn = (kd_loss_fn(teacher, DistillSettings(settings.distill_weight, settings.temperature))
+               if teacher is not None else cross_entropy_loss)
+    trainer = Trainer(model, recipe, epochs * len(loader), device=device, loss_fn=loss_fn,
+                      after_step=mask_hook(masks, device) if masks else None, seed=seed)
+    try:
+        mean = trainer.fit_epochs(loader, epochs, (lambda e, loss: on_epoch(e, epochs, loss)) if on_epoch else None)
+    except NonFiniteLoss as err:
+        raise UserError(f"fine-tuning diverged ({err}); lower --lr (now {settings.lr:g})") from err
+    finally:
+        model.to("cpu", memory_format=torch.contiguous_format).eval()
+    return trainer.steps_done, mean
 
 
 def torchscript_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from autoprune.data import DataBundle
+from autoprune.devices import resolve_device
 from autoprune.plan import PruningPlan
 from autoprune.pruning import SearchSpace, model_stats
 from autoprune.pruning.engine import PruneResult, prune
@@ -35,12 +36,17 @@ from autoprune.pruning.importance import needs_calibration
 from autoprune.pruning.metrics import ModelStats
 from autoprune.search.pareto import dominates
 from autoprune.search.strategies import Constraints
-from autoprune.training import EvalResult, NonFiniteLoss, cross_entropy_loss, cycle, evaluate, recalibrate_bn
+from autoprune.trainer import Trainer, mask_hook
+from autoprune.training import EvalResult, cross_entropy_loss, cycle, evaluate, finetune_recipe, recalibrate_bn
 
 
 @dataclass(frozen=True)
 class EvaluatorSettings:
-    """How much work one candidate gets. ``finetune_steps`` SGD steps at ``finetune_lr``, batches of ``batch_size``."""
+    """How much work one candidate gets. ``finetune_steps`` SGD steps at ``finetune_lr``, batches of ``batch_size``.
+
+    ``device`` only moves the work: pruning and the latency figures (the cost model's, from the plan) do not
+    depend on it; accuracies stay seeded but on CUDA are not bit-identical to the CPU's.
+    """
 
     finetune_steps: int = 30
     finetune_lr: float = 0.01
@@ -56,6 +62,7 @@ class EvaluatorSettings:
     distill_alpha: float = 0.9  # share of the distillation term in the loss
     distill_temperature: float = 4.0
     quantization_samples: int = 128  # training images the INT8 activation ranges are calibrated on
+    device: str = "cpu"  # where candidates are recalibrated, fine-tuned and scored: auto|cpu|cuda|cuda:N
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,11 @@ class CandidateResult:
 
 
 class Evaluator:
-    """Scores plans against one dense baseline. Holds no mutable state between candidates."""
+    """Scores plans against one dense baseline. Holds no mutable state between candidates.
+
+    The baseline stays on the CPU, where candidates are pruned and traced; a candidate moves to
+    ``settings.device`` for recalibration, fine-tuning and scoring, and comes back to the CPU in its result.
+    """
 
     def __init__(
         self,
@@ -145,6 +156,11 @@ class Evaluator:
         self.cost_model = cost_model
         self.settings = settings
         self._example = torch.zeros(space.input_shape)
+
+    def with_device(self, device: str) -> "Evaluator":
+        """This evaluator training on ``device`` (e.g. the GPU Ray gave a worker); the same baseline and data."""
+        resolve_device(device)  # an unavailable device fails here, in one line
+        return Evaluator(self.baseline, self.data, self.space, self.cost_model, replace(self.settings, device=device))
 
     def prune(self, plan: PruningPlan) -> PruneResult:
         """A copy of the baseline pruned by the whole plan (channels, then sparsity); the baseline is untouched."""
@@ -163,17 +179,19 @@ class Evaluator:
         pruned = self.prune(plan)
         model = pruned.model
         s = self.settings
-        train = self.data.loader("train", s.batch_size, s.seed)
-        val = self.data.loader("val", 256, s.seed, shuffle=False)
-        recalibrate_bn(model, train, s.bn_recalibration_batches)
-        proxy_eval = evaluate(model, val, self.data.num_classes)
+        device = resolve_device(s.device)
+        stats = model_stats(model, self.space.input_shape)  # on the CPU, before the model moves
+        train = self.data.loader("train", s.batch_size, s.seed, device=device)
+        val = self.data.loader("val", 256, s.seed, shuffle=False, device=device)
+        recalibrate_bn(model, train, s.bn_recalibration_batches, device)
+        proxy_eval = evaluate(model, val, self.data.num_classes, device)
         proxy = proxy_eval.accuracy
-        stats = model_stats(model, self.space.input_shape)
         skip = self._skip_reason(proxy, estimate.latency_ms, stats.params, guidance) if s.finetune_steps else "no fine-tuning asked"
         result, spent, curve, fidelity, reason = proxy_eval, 0, [(0, proxy)], "proxy", skip
         if not skip:
-            result, spent, curve, cut = self._finetune(pruned, train, val, estimate.latency_ms, guidance)
+            result, spent, curve, cut = self._finetune(pruned, train, val, estimate.latency_ms, guidance, device)
             fidelity, reason = ("cut_short", cut) if cut else ("finetuned", "")
+        model = model.to("cpu", memory_format=torch.contiguous_format).eval()
         float_accuracy = int8 = None
         if plan.precision == "int8":
             from autoprune.quantize import quantize_and_evaluate
@@ -217,47 +235,34 @@ class Evaluator:
             return f"dominated by the front even with the best gain seen (optimistic {optimistic:.3f})"
         return ""
 
-    def _finetune(self, pruned: PruneResult, train, val, latency_ms: float, guidance: Guidance | None):
-        """SGD in chunks, evaluating after each; returns (eval, steps spent, curve, reason if cut short).
+    def _finetune(self, pruned: PruneResult, train, val, latency_ms: float, guidance: Guidance | None, device):
+        """The trainer in chunks, evaluating after each; returns (eval, steps spent, curve, reason if cut short).
 
-        The sparsity masks are re-applied after every step, so pruned weights stay zero.
+        The schedule (cosine to zero) spans the whole budget even when the candidate is cut short: a brief
+        fine-tune that ends at full learning rate ends at a random point of SGD's noise, which can score below
+        the proxy it started from. The sparsity masks are re-applied after every step, so pruned weights stay zero.
         """
         s = self.settings
         model = pruned.model
-        torch.manual_seed(s.seed)
-        optimizer = torch.optim.SGD(model.parameters(), lr=s.finetune_lr, momentum=0.9, weight_decay=5e-4)
-        # Cosine decay to zero over the whole budget: a brief fine-tune that ends at full learning rate ends at a
-        # random point of SGD's noise, which can score below the proxy it started from.
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, s.finetune_steps))
-        checks = max(1, min(s.finetune_checks, s.finetune_steps))
-        bounds = [round(s.finetune_steps * (k + 1) / checks) for k in range(checks)]
-        batches = cycle(train)
         loss_fn = cross_entropy_loss
         if s.distill:
             from autoprune.distill import DistillSettings, kd_loss_fn
 
             loss_fn = kd_loss_fn(self.baseline, DistillSettings(s.distill_alpha, s.distill_temperature))
-        spent, curve, result = 0, [], None
+        trainer = Trainer(model, finetune_recipe(s.finetune_lr, s.batch_size), s.finetune_steps, device=device,
+                          loss_fn=loss_fn, after_step=mask_hook(pruned.masks, device), seed=s.seed)
+        checks = max(1, min(s.finetune_checks, s.finetune_steps))
+        bounds = [round(s.finetune_steps * (k + 1) / checks) for k in range(checks)]
+        batches = cycle(train)
+        curve, result = [], None
         for k, bound in enumerate(bounds):
-            model.train()
-            while spent < bound:
-                images, labels = next(batches)
-                loss = loss_fn(model, images, labels)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"fine-tuning loss became {float(loss)} at step {spent + 1}")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if pruned.masks:
-                    pruned.masks.apply(model)
-                spent += 1
-            model.eval()
-            result = evaluate(model, val, self.data.num_classes)
+            trainer.run(batches, bound - trainer.steps_done)
+            spent = trainer.steps_done
+            result = evaluate(model, val, self.data.num_classes, device)
             curve.append((spent, result.accuracy))
             last = k == len(bounds) - 1
             if not last and guidance is not None and dominated_with_margin(
                 result.accuracy, latency_ms, guidance.front, s.stop_margin
             ):
                 return result, spent, curve, f"dominated by the front by more than {s.stop_margin:g} after {spent} steps"
-        return result, spent, curve, ""
+        return result, trainer.steps_done, curve, ""

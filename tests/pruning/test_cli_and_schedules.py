@@ -109,3 +109,28 @@ def test_schedules_reach_their_target(schedule):
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     assert zeros == round(0.6 * total)  # exactly the target after fine-tuning, masks held
     assert result.sparsity.layer("layer1.0.conv1").numel == 32 * 64 * 9
+
+
+def test_prune_device_flag_is_validated_in_one_line(tmp_path, capsys):
+    code = main(["prune", "--model", "resnet18", "--ratio", "0.5", "--out", str(tmp_path / "o"), "--device", "tpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "auto|cpu|cuda|cuda:N" in err and "Traceback" not in err
+    if not torch.cuda.is_available():
+        assert main(["prune", "--model", "resnet18", "--ratio", "0.5", "--out", str(tmp_path / "o"),
+                     "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_agp_on_cuda_ends_on_the_cpu_at_the_plan_sparsity():
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10)
+    loader = load_data("digits", (16, 16), 0).loader("train", 8, 0, device="cuda")
+    plan = PruningPlan(global_sparsity=0.5)
+    result = run_schedule(model, plan, "agp", torch.zeros(1, 3, 16, 16), loader, steps=6, rounds=3, device="cuda")
+    assert next(model.parameters()).device.type == "cpu"
+    assert result.sparsity.to_dict()  # computed on the CPU model
+    layers = prunable_layers(model)
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    assert zeros >= 0.49 * sum(m.weight.numel() for m in layers.values())

@@ -41,3 +41,35 @@ def test_unstructured_and_nm_sparsity_hold_after_finetuning(evaluator):
     assert int((conv == 0).sum()) == round(0.5 * conv.numel())  # exact, after 4 SGD steps with weight decay
     assert nm_holds(modules["layer4.1.conv2"].weight, 2, 4)
     assert result.stats.nonzero_params < result.stats.params
+
+
+def test_with_device_keeps_everything_but_the_device(evaluator):
+    from autoprune.errors import UserError
+
+    moved = evaluator.with_device("cpu")
+    assert moved.settings.device == "cpu" and moved.baseline is evaluator.baseline
+    assert moved.settings.finetune_steps == evaluator.settings.finetune_steps
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            evaluator.with_device("cuda")
+
+
+def test_chunked_finetune_records_the_curve_through_the_trainer(evaluator):
+    plan = PruningPlan.uniform(evaluator.space.group_names, 0.75, alignment=evaluator.space.alignment)
+    first, again = evaluator.evaluate(plan), evaluator.evaluate(plan)
+    assert [s for s, _ in first.curve] == [2, 4]  # 4 steps, 2 checks
+    assert first.accuracy == again.accuracy == first.curve[-1][1]  # seeded
+    assert next(first.model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_candidates_get_the_cpu_latency_figures(evaluator):
+    plan = PruningPlan(keep_ratios={evaluator.space.group_names[0]: 0.5}, layer_sparsity={"layer1.0.conv1": 0.5},
+                       alignment=evaluator.space.alignment)
+    cpu, gpu = evaluator.evaluate(plan), evaluator.with_device("cuda").evaluate(plan)
+    assert (gpu.latency_ms, gpu.latency_source, gpu.stats) == (cpu.latency_ms, cpu.latency_source, cpu.stats)
+    assert next(gpu.model.parameters()).device.type == "cpu"
+    conv = dict(gpu.model.named_modules())["layer1.0.conv1"].weight
+    assert int((conv == 0).sum()) >= round(0.5 * conv.numel())  # masks re-applied on the GPU too
+    assert abs(gpu.accuracy - cpu.accuracy) < 0.1
+    assert next(evaluator.baseline.parameters()).device.type == "cpu"
