@@ -227,11 +227,23 @@ def time_ort_paired(items, reference, threads: int = 1, warmup: int = 10, repeat
         stats = robust_stats([w for w, _ in own])
         near_ms = statistics.median(w for w, _ in near)
         cpu_ms, near_cpu_ms = statistics.median(c for _, c in own), statistics.median(c for _, c in near)
+        low, near_low = _quantile([w for w, _ in own], 0.1), _quantile([w for w, _ in near], 0.1)
         out.append({**stats, "ratio": stats["median_ms"] / near_ms, "reference_ms": near_ms,
-                    "cpu_median_ms": cpu_ms, "cpu_ratio": cpu_ms / near_cpu_ms if near_cpu_ms > 0 else float("nan")})
+                    "cpu_median_ms": cpu_ms, "cpu_ratio": cpu_ms / near_cpu_ms if near_cpu_ms > 0 else float("nan"),
+                    "p10_ms": low, "p10_ratio": low / near_low})
     reference_stats = robust_stats([w for near in beside for w, _ in near])
     reference_stats["cpu_median_ms"] = statistics.median(c for near in beside for _, c in near)
     return out, reference_stats
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (linear interpolation): on a busy machine the fast runs are the ones no
+    other process interrupted, and a low quantile tracks them."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def time_trtexec(onnx_path: Path, precision: str = "fp16", warmup_ms: int = 200, iterations: int = 200,

@@ -177,6 +177,16 @@ class RooflineLatency(LatencyModel):
     kind = "roofline"
 
     def layer_ms(self, sig: LayerSignature) -> float:
+        r = self.profile.roofline
+        flops, moved_bytes, op, peak = self.work(sig)
+        efficiency = r.efficiency * dict(r.op_efficiency).get(op, 1.0)
+        bandwidth = r.bandwidth_gbs * dict(r.op_bandwidth).get(op, 1.0)
+        compute_ms = flops / (peak * 1e9 * efficiency) * 1e3
+        memory_ms = moved_bytes / (bandwidth * 1e9) * 1e3
+        return max(compute_ms, memory_ms) + r.fixed_ms_per_layer
+
+    def work(self, sig: LayerSignature) -> tuple[float, float, str, float]:
+        """(FLOPs, bytes moved, op type, peak GFLOP/s) of one layer on channel counts padded to the alignment."""
         profile = self.profile
         r = profile.roofline
         align = profile.alignment
@@ -190,14 +200,8 @@ class RooflineLatency(LatencyModel):
         cout = staircase(sig.cout, align)
         padded = sig.with_channels(cin, cout) if not sig.depthwise else sig.with_channels(cout, cout)
         oh, ow = padded.out_hw
-        op = op_type(sig)
-        efficiency = r.efficiency * dict(r.op_efficiency).get(op, 1.0)
-        bandwidth = r.bandwidth_gbs * dict(r.op_bandwidth).get(op, 1.0)
-        flops = 2.0 * padded.macs
         elements = padded.cin * sig.in_h * sig.in_w + padded.cout * oh * ow + padded.params
-        compute_ms = flops / (peak * 1e9 * efficiency) * 1e3
-        memory_ms = elements * bytes_per_element / (bandwidth * 1e9) * 1e3
-        return max(compute_ms, memory_ms) + r.fixed_ms_per_layer
+        return 2.0 * padded.macs, elements * bytes_per_element, op_type(sig), peak
 
     @property
     def has_int8(self) -> bool:

@@ -258,7 +258,9 @@ def fit_here(profile: HardwareProfile, space: SearchSpace, plans: int = CALIBRAT
     source = (f"self-calibrated on this machine ({this_machine().describe()}): dense + {len(chosen)} random plans "
               f"(seed 0), each timed right after the dense model, {repeats} runs each; points = ratio to the dense "
               f"runs beside it x the dense median {dense_ms:.4g} ms")
-    calibration = fit_calibration(points, source, runner.last_level_cache_mb())
+    # The table was measured on another machine (or this one at another time): the identity, which a noisy fit
+    # may prefer on leave-one-out, would ignore exactly the speed difference this calibration is for.
+    calibration = fit_calibration(points, source, runner.last_level_cache_mb(), scaled=True)
     return replace(calibration, machine=this_machine().fingerprint), dense_ms
 
 

@@ -354,7 +354,8 @@ def _loo_mape(features: np.ndarray, y: np.ndarray, form: str) -> float:
     return float(np.mean(errors))
 
 
-def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None = None) -> Calibration:
+def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None = None,
+                    scaled: bool = False) -> Calibration:
     """``measured = a * layer_sum + b [+ spill * MB of weights beyond the cache]`` over whole-model measurements,
     in the form that generalises best.
 
@@ -363,13 +364,14 @@ def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None
     identity (a=1, b=0), a pure scale, the affine fit and — when ``cache_mb`` (the last-level cache) is known and
     some measured models outgrow it — the scale or affine fit plus a memory term compete on leave-one-out error;
     the winner is kept. The memory term is why a model whose weights outgrow the cache is slower than the sum of
-    its layers, each of which was timed with its own weights in cache.
+    its layers, each of which was timed with its own weights in cache. With ``scaled`` the identity is not a
+    candidate: a table measured on another machine needs at least a scale, however noisy the points.
     """
     x = np.array([p.layer_sum_ms for p in points])
     y = np.array([p.measured_ms for p in points])
     beyond = np.array([max(0.0, p.weight_mb - cache_mb) if cache_mb else 0.0 for p in points])
     features = np.c_[x, np.ones_like(x), beyond]
-    forms = ["identity"]
+    forms = [] if scaled and len(points) >= 3 else ["identity"]
     if len(points) >= 3:
         forms.append("scale")
     if len(points) >= 4 and np.ptp(x) > 0:

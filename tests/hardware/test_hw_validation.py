@@ -44,6 +44,9 @@ def test_calibration_that_would_fit_noise_falls_back_to_the_layer_sum():
     cal = fit_calibration(points, "test")
     assert (cal.a, cal.b) == (1.0, 0.0)
     assert "form identity" in cal.source
+    # A self-calibration (a table from elsewhere) always fits at least a scale.
+    scaled = fit_calibration(points, "test", scaled=True)
+    assert "identity" not in scaled.source and scaled.a != 1.0
 
 
 def test_models_outgrowing_the_cache_fit_a_memory_term():
