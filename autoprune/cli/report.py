@@ -134,6 +134,7 @@ def export(
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads when measuring latency."),
     repeats: int = typer.Option(200, "--repeats", help="timed runs when measuring latency."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow the study's --checkpoint to be a fully pickled model; unpickling runs code from the file, so only for files you trust (a search's --trust-checkpoint does not carry over)."),
+    device: str = typer.Option("auto", "--device", help="where the fine-tune runs: auto (CUDA when present), cpu, cuda or cuda:N."),
     json_output: bool = typer.Option(False, "--json", help="print the model card as JSON on stdout."),
 ) -> None:
     """Rebuild a trial's pruned model, fine-tune it, and write TorchScript, ONNX and a model card."""
@@ -143,7 +144,11 @@ def export(
     settings = ExportSettings(
         finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, distill=distill, temperature=temperature,
         distill_weight=distill_weight, measure=not no_measure, threads=threads, repeats=repeats,
+        device=device,
     )
+    from autoprune.devices import resolve_device
+
+    resolve_device(device)  # an unavailable GPU fails before the study is read
     check_out_dir(out)
     loaded, url = load_study(study, storage)
     command = None

@@ -152,6 +152,8 @@ def search(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs reserved per Ray worker."),
     worker_retries: int = typer.Option(1, "--worker-retries", help="re-runs of a trial whose worker or driver died mid-trial, before it is failed for good."),
     trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="seconds one candidate's evaluation may take; a slower one fails its trial. Default: no limit."),
+    device: str = typer.Option("auto", "--device", help="where the baseline and the candidates train: auto (CUDA when present), cpu, cuda or cuda:N. Latency figures come from the target's profile whatever trains."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="when the target is this machine, re-fit its profile's calibration on whole-model timings here first (tens of seconds, cached under AUTOPRUNE_HOME)."),
     heartbeat_interval: int = typer.Option(10, "--heartbeat-interval", help="seconds between renewals of the lease on the trials in flight; a trial whose lease is 3 intervals old is taken for dead and re-run by any driver on the study."),
     precision: str = typer.Option("fp32", "--precision", help="precisions to search, comma-separated: fp32 | int8 | fp32,int8 (INT8: static quantization, accuracy measured in onnxruntime)."),
     distill: bool = typer.Option(False, "--distill", help="fine-tune candidates with knowledge distillation from the dense model."),
@@ -170,6 +172,7 @@ def search(
         workers=workers, ray_address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         worker_retries=worker_retries, precision=precision, distill=distill, distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, trial_timeout=trial_timeout, heartbeat_interval=heartbeat_interval,
+        device=device, calibrate=calibrate,
     )
     started = time.perf_counter()
     with RichReporter(quiet=json_output) as reporter:

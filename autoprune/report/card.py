@@ -88,6 +88,9 @@ class ModelCard:
     reproduce: str  # the equivalent command with every setting spelled out
     created_at: str
     software: Mapping[str, str]
+    # On the data's official test split (Fashion-MNIST, CIFAR), the figure a paper reports; None where it has none.
+    test_accuracy: float | None = None
+    dense_test_accuracy: float | None = None
 
     @property
     def host_speedup(self) -> float | None:
@@ -118,6 +121,8 @@ def card_markdown(card: ModelCard) -> str:
                       for role, v in c.files.items())
     per_class = "\n".join(f"| {name} | {acc * 100:.1f}% |" if acc == acc else f"| {name} | – |"
                           for name, acc in zip(c.class_names, c.per_class_accuracy))
+    test = (f"{c.test_accuracy * 100:.2f}% / {c.dense_test_accuracy * 100:.2f}%" if c.test_accuracy is not None
+            else "– (the data has no official test split)")
     return f"""# Model card: {c.model}, trial {c.trial} of study {c.study}
 
 Pruned {c.model} ({c.strategy} search) for input {shape}, data `{c.data}`.
@@ -127,6 +132,7 @@ Pruned {c.model} ({c.strategy} search) for input {shape}, data `{c.data}`.
 | accuracy (validation split, after export fine-tuning) | {c.accuracy * 100:.2f}% |
 | accuracy in the search (brief fine-tune) | {c.search_accuracy * 100:.2f}% |
 | dense model accuracy | {c.dense_accuracy * 100:.2f}% |
+| accuracy on the official test split (pruned / dense) | {test} |
 | predicted latency on {p.target} | {p.latency_ms:.4g} ms ({p.provenance}: {p.source}) |
 | predicted dense latency / speedup | {p.dense_latency_ms:.4g} ms / {p.speedup:.2f}× |
 | latency measured on this host | {host} |

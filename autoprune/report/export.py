@@ -61,6 +61,7 @@ class ExportSettings:
     repeats: int = 200
     bn_recalibration_batches: int = 8
     record_on_study: bool = True
+    device: str = "auto"  # where the fine-tune runs: auto|cpu|cuda|cuda:N (the exported files are the same)
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
@@ -198,6 +199,7 @@ def export_trial(
     allows a fully pickled checkpoint (the study's own record of how the search loaded it is not trusted)."""
     from autoprune.baseline import BaselineSpec, get_baseline
     from autoprune.data import load_data
+    from autoprune.devices import resolve_device
     from autoprune.onnx_export import onnx_bytes
     from autoprune.plan import PruningPlan
     from autoprune.pruning import model_stats, prune
@@ -220,7 +222,8 @@ def export_trial(
     stage(f"loading data {identity.data}")
     data = load_data(identity.data, input_shape[2:], spec.seed)
     stage("loading the dense baseline")
-    baseline = get_baseline(spec, data, Path(checkpoint) if checkpoint else None, trust_checkpoint)
+    device = resolve_device(settings.device)
+    baseline = get_baseline(spec, data, Path(checkpoint) if checkpoint else None, trust_checkpoint, device=device)
     dense = baseline.model.eval()
 
     m = outcome.measurement
@@ -238,9 +241,14 @@ def export_trial(
     started = time.perf_counter()
     stage(f"fine-tuning for {settings.finetune_epochs} epoch(s)" + (" with distillation" if settings.distill else ""))
     steps, last_loss = finetune_epochs(model, train, settings, spec.seed, pruned.masks,
-                                       teacher=dense if settings.distill else None, on_epoch=on_epoch)
+                                       teacher=dense if settings.distill else None, on_epoch=on_epoch, device=device)
     tune_seconds = time.perf_counter() - started
     result = evaluate(model, data.loader("val", 256, spec.seed, shuffle=False), data.num_classes)
+    test_accuracy = dense_test_accuracy = None
+    if data.test is not None:  # the number a paper would report, beside the validation figure
+        test = data.loader("test", 256, spec.seed, shuffle=False)
+        test_accuracy = evaluate(model, test, data.num_classes).accuracy
+        dense_test_accuracy = evaluate(dense, test, data.num_classes).accuracy
     stats = model_stats(model, input_shape)
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     zero = sum(int((w == 0).sum()) for w in weights)
@@ -308,6 +316,7 @@ def export_trial(
         created_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         software={"torch": torch.__version__, "torchvision": torchvision.__version__,
                   "onnxruntime": onnxruntime.__version__},
+        test_accuracy=test_accuracy, dense_test_accuracy=dense_test_accuracy,
     )
     stage(f"writing {', '.join(p.name for p in artifacts)} and the model card")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,10 @@ class IsolatedEvaluator:
         except Exception as err:  # noqa: BLE001 - any failure of one candidate is that trial's outcome
             return EvaluationError(describe_error(err))
 
+    def with_device(self, device: str) -> "IsolatedEvaluator":
+        """The same isolation around the evaluator on ``device`` (a Ray worker's GPU)."""
+        return IsolatedEvaluator(self.evaluator.with_device(device))
+
 
 def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
     """The feasible front and the largest fine-tuning gain so far, for the multi-fidelity decisions."""

@@ -71,6 +71,8 @@ class SearchConfig:
     distill_temperature: float = 4.0
     trial_timeout: float | None = None  # seconds one evaluation may take before its trial is failed
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S  # seconds between lease renewals; stale after 3 intervals
+    device: str = "auto"  # where the baseline and candidates train: auto|cpu|cuda|cuda:N (latency is the target's)
+    calibrate: bool = True  # on this machine's targets, re-fit the profile's calibration here (cached)
 
     def __post_init__(self) -> None:
         if self.model not in available_models():
@@ -102,6 +104,9 @@ class SearchConfig:
             raise UserError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout}")
         if self.heartbeat_interval < 1:
             raise UserError(f"--heartbeat-interval must be at least 1 second, got {self.heartbeat_interval}")
+        from autoprune.devices import resolve_device
+
+        resolve_device(self.device)  # an unavailable GPU fails here, before anything is loaded
 
     @property
     def constraints(self) -> Constraints:
@@ -226,7 +231,7 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
     """Every check that can refuse the run, in the order a user would fix them; nothing is written."""
     from autoprune.baseline import BaselineSpec
     from autoprune.data import load_data
-    from autoprune.hardware import CostModel, load_profile
+    from autoprune.hardware import CostModel, load_profile, prepare_cost_model
     from autoprune.models import create_model
     from autoprune.plan import PruningPlan
     from autoprune.pruning import generate_space
@@ -240,9 +245,8 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
             "device; measure one with `autoprune profile measure` (see README)"
         )
         reporter.warn(warnings[-1])
-    cost_model = CostModel(profile)
-    if "int8" in config.precision and not cost_model.has_int8:
-        raise cost_model.no_int8_error(config.model, config.input_shape)
+    if "int8" in config.precision and not CostModel(profile).has_int8:
+        raise CostModel(profile).no_int8_error(config.model, config.input_shape)
     for path, flag in ((config.checkpoint, "--checkpoint"), (config.space_file, "--space")):
         if path and not Path(path).is_file():
             raise UserError(f"{flag} {path!r} does not exist; pass the path of an existing file")
@@ -253,9 +257,11 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
     space = generate_space(untrained, config.model, config.input_shape, alignment=profile.alignment)
     if config.space_file:
         space = space.with_overrides(Path(config.space_file))
+    # On this machine's targets, missing table entries are measured and the calibration re-fitted here (cached);
+    # any other target that cannot price a layer or a precision is refused here, before training.
+    cost_model = prepare_cost_model(profile, space, on_note=reporter.stage, precisions=config.precision,
+                                    calibrate=config.calibrate)
     dense_latency = cost_model.predict(space, PruningPlan(alignment=space.alignment))
-    for precision in config.precision:  # a target that cannot price a precision fails here
-        cost_model.predict(space, PruningPlan(alignment=space.alignment, precision=precision))
     costs = SpaceCosts(space, cost_model)
     check_budget_reachable(space, costs, config.constraints, config.importance)
     strategy = create_strategy(config.strategy, space, config.importance, config.seed, config.trials,
@@ -315,6 +321,7 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
     from optuna.trial import TrialState
 
     from autoprune.baseline import get_baseline
+    from autoprune.devices import resolve_device
     from autoprune.paths import atomic_write_json
     from autoprune.search.backends import create_executor
     from autoprune.search.driver import IsolatedEvaluator
@@ -330,7 +337,8 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
         atomic_write_json(config.out_path / "config.json", {**config.to_dict(), "command": _masked_argv(config)})
         reporter.stage("preparing the dense baseline")
         baseline = get_baseline(prepared.spec, prepared.data, Path(config.checkpoint) if config.checkpoint else None,
-                                config.trust_checkpoint, on_epoch=reporter.baseline_epoch)
+                                config.trust_checkpoint, on_epoch=reporter.baseline_epoch,
+                                device=resolve_device(config.device))
         dense = _dense_record(config, prepared, baseline)
         space = prepared.space
         store.claim(StudyRecord(prepared.identity, dense, tuple((g.name, g.channels) for g in space.groups),
@@ -340,7 +348,8 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
         evaluator = Evaluator(
             baseline.model, prepared.data, space, prepared.cost_model,
             EvaluatorSettings(finetune_steps=config.finetune_steps, seed=config.seed, distill=config.distill,
-                              distill_alpha=config.distill_alpha, distill_temperature=config.distill_temperature),
+                              distill_alpha=config.distill_alpha, distill_temperature=config.distill_temperature,
+                              device=config.device),
         )
         store.study.sampler = prepared.strategy.sampler()
         if config.backend == "ray":
