@@ -200,6 +200,7 @@ def export_trial(
     from autoprune.baseline import BaselineSpec, get_baseline
     from autoprune.data import load_data
     from autoprune.devices import resolve_device
+    from autoprune.models import preprocessing
     from autoprune.onnx_export import onnx_bytes
     from autoprune.plan import PruningPlan
     from autoprune.pruning import model_stats, prune
@@ -220,7 +221,7 @@ def export_trial(
                         f"{identity.checkpoint_sha256}); restore that file to export from this study")
 
     stage(f"loading data {identity.data}")
-    data = load_data(identity.data, input_shape[2:], spec.seed)
+    data = load_data(identity.data, input_shape[2:], spec.seed, preprocessing(spec.weights))
     stage("loading the dense baseline")
     device = resolve_device(settings.device)
     baseline = get_baseline(spec, data, Path(checkpoint) if checkpoint else None, trust_checkpoint, device=device)

@@ -232,7 +232,7 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
     from autoprune.baseline import BaselineSpec
     from autoprune.data import load_data
     from autoprune.hardware import CostModel, load_profile, prepare_cost_model
-    from autoprune.models import create_model
+    from autoprune.models import create_model, preprocessing
     from autoprune.plan import PruningPlan
     from autoprune.pruning import generate_space
     from autoprune.search.strategies import SpaceCosts, check_budget_reachable, create_strategy
@@ -251,7 +251,7 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
         if path and not Path(path).is_file():
             raise UserError(f"{flag} {path!r} does not exist; pass the path of an existing file")
     reporter.stage(f"loading data {config.data}")
-    data = load_data(config.data, tuple(config.input_shape[2:]), config.seed)
+    data = load_data(config.data, tuple(config.input_shape[2:]), config.seed, preprocessing(config.weights))
     # The space depends on the architecture only: an untrained model of it prices every plan before training.
     untrained = create_model(config.model, data.num_classes).eval()
     space = generate_space(untrained, config.model, config.input_shape, alignment=profile.alignment)
@@ -308,11 +308,15 @@ def _dense_record(config: SearchConfig, prepared: _Prepared, baseline) -> DenseB
 
     data = prepared.data
     dense_eval = evaluate(baseline.model, data.loader("val", 256, config.seed, shuffle=False), data.num_classes)
+    test = None
+    if data.test is not None:  # reported beside the validation figure; the search never sees it
+        test = evaluate(baseline.model, data.loader("test", 256, config.seed, shuffle=False), data.num_classes).accuracy
     return DenseBaseline(
         accuracy=dense_eval.accuracy, per_class_accuracy=tuple(dense_eval.per_class_accuracy),
         class_names=tuple(str(c) for c in data.class_names), latency_ms=prepared.dense_latency.latency_ms,
         latency_provenance=prepared.dense_latency.provenance, latency_source=prepared.dense_latency.source,
         source=baseline.source, stats=ModelFigures.of(model_stats(baseline.model, config.input_shape)),
+        test_accuracy=test,
     )
 
 

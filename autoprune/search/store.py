@@ -149,18 +149,21 @@ class DenseBaseline:
     latency_source: str
     source: str  # where the weights came from (checkpoint, cache, trained)
     stats: ModelFigures
+    test_accuracy: float | None = None  # on the data's official test split, where it has one (never searched on)
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "per_class_accuracy": list(self.per_class_accuracy),
                 "class_names": list(self.class_names), "latency_ms": self.latency_ms,
                 "latency_provenance": self.latency_provenance, "latency_source": self.latency_source,
-                "source": self.source, **self.stats.to_dict()}
+                "source": self.source, **self.stats.to_dict(), "test_accuracy": self.test_accuracy}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DenseBaseline":
+        test = d.get("test_accuracy")  # absent from studies written before the test split was recorded
         return cls(float(d["accuracy"]), tuple(float(v) for v in d["per_class_accuracy"]),
                    tuple(str(c) for c in d["class_names"]), float(d["latency_ms"]), str(d["latency_provenance"]),
-                   str(d["latency_source"]), str(d["source"]), ModelFigures.from_dict(d))
+                   str(d["latency_source"]), str(d["source"]), ModelFigures.from_dict(d),
+                   None if test is None else float(test))
 
 
 @dataclass(frozen=True)
