@@ -9,7 +9,6 @@ import torch
 
 # Ray binds 127.0.0.1 only and phones nowhere (see README, "Running on a Ray cluster").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

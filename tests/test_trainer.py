@@ -121,6 +121,7 @@ def test_cpu_trains_in_fp32_in_the_default_layout():
     assert Trainer(_net(), TrainRecipe(), 1).scaler is None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_trains_with_mixed_precision_and_channels_last():
     device = torch.device("cuda")

@@ -122,6 +122,7 @@ def test_prune_device_flag_is_validated_in_one_line(tmp_path, capsys):
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_agp_on_cuda_ends_on_the_cpu_at_the_plan_sparsity():
     torch.manual_seed(0)

@@ -259,7 +259,8 @@ def test_a_private_runtime_binds_loopback_and_authenticates_with_a_token_it_writ
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and token in p.read_text(errors="ignore")]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (should carry a `gpu` marker)")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_two_trials_share_one_gpu_at_half_a_gpu_each(tmp_path):
     import ray
 

@@ -62,6 +62,7 @@ def test_chunked_finetune_records_the_curve_through_the_trainer(evaluator):
     assert next(first.model.parameters()).device.type == "cpu"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_candidates_get_the_cpu_latency_figures(evaluator):
     plan = PruningPlan(keep_ratios={evaluator.space.group_names[0]: 0.5}, layer_sparsity={"layer1.0.conv1": 0.5},
