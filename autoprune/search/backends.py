@@ -320,7 +320,10 @@ def connect_ray(settings: RaySettings, timeout: float = RAY_CONNECT_TIMEOUT_S) -
     if address:
         kwargs["address"] = address
     else:
-        kwargs.update(num_cpus=resources["CPU"], num_gpus=resources["GPU"], _node_ip_address=LOOPBACK)
+        # "local" starts a runtime of our own even when another Ray cluster runs on this machine (ray.init()
+        # would join that one, and refuse the resources we ask for).
+        kwargs.update(address="local", num_cpus=resources["CPU"], num_gpus=resources["GPU"],
+                      _node_ip_address=LOOPBACK)
     # ray.init runs on the calling thread (it installs signal handlers); an unreachable HOST:PORT was refused
     # above within seconds, and "auto" without a running cluster fails at once.
     try:
