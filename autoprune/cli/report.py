@@ -146,9 +146,6 @@ def export(
         distill_weight=distill_weight, measure=not no_measure, threads=threads, repeats=repeats,
         device=device,
     )
-    from autoprune.devices import resolve_device
-
-    resolve_device(device)  # an unavailable GPU fails before the study is read
     check_out_dir(out)
     loaded, url = load_study(study, storage)
     command = None

@@ -77,6 +77,9 @@ class ExportSettings:
                             f"{self.distill_weight}")
         if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise UserError("--threads and --repeats must be at least 1 (warm-up runs 0 or more)")
+        from autoprune.devices import resolve_device
+
+        resolve_device(self.device)  # an unavailable GPU fails with the other settings, before the study is read
 
 
 @dataclass(frozen=True)

@@ -245,8 +245,8 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
             "device; measure one with `autoprune profile measure` (see README)"
         )
         reporter.warn(warnings[-1])
-    if "int8" in config.precision and not CostModel(profile).has_int8:
-        raise CostModel(profile).no_int8_error(config.model, config.input_shape)
+    if "int8" in config.precision and not (table := CostModel(profile)).has_int8:  # before the data loads
+        raise table.no_int8_error(config.model, config.input_shape)
     for path, flag in ((config.checkpoint, "--checkpoint"), (config.space_file, "--space")):
         if path and not Path(path).is_file():
             raise UserError(f"{flag} {path!r} does not exist; pass the path of an existing file")
