@@ -288,6 +288,7 @@ def software_versions(backend: str) -> dict:
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
+        versions["cpu_isa"] = cpu_isa()
     elif backend == "tensorrt":
         exe = shutil.which("trtexec") or _jetson_trtexec()
         if exe:
@@ -305,6 +306,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector instruction set this CPU offers (``avx512f``, ``avx2``, ``avx``, ``sse``), or the
+    machine's architecture elsewhere. onnxruntime's CPU kernels dispatch on it, so a layer table measured with
+    AVX-512 does not carry over to an AVX2 machine even when both report the same CPU model name."""
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        flags = set()
+    for isa in ("avx512f", "avx2", "avx"):
+        if isa in flags:
+            return isa
+    return "sse" if "sse2" in flags else platform.machine()
 
 
 def machine_description() -> str:

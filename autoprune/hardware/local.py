@@ -38,7 +38,7 @@ from autoprune.pruning.space import SearchSpace
 Progress = Callable[[int, int], None]
 Note = Callable[[str], None]
 
-CALIBRATION_PLANS = 10  # dense + 9 random plans: enough for the affine+memory forms, seconds of timing
+CALIBRATION_PLANS = 14  # dense + 13 random plans: enough for the affine+memory forms and their cache size
 CALIBRATION_BUDGET_S = 20.0  # timing budget of one self-calibration (the repeats shrink for slow models)
 LAZY_MAX_POINTS = 7  # channel counts per axis of a lazily measured family (the cost model interpolates)
 LAZY_TIMING = Timing(warmup=3, repeats=24, rounds=3)
@@ -54,11 +54,12 @@ class Machine:
     cache_mb: float | None
     onnxruntime: str
     host: str
+    isa: str = ""  # widest vector instruction set (avx512f, avx2, ...): what onnxruntime's kernels dispatch on
 
     @property
     def fingerprint(self) -> str:
         """A short stable key of this machine (cache folder names, ``Calibration.machine``)."""
-        text = json.dumps([self.cpu, self.logical_cpus, self.cache_mb, self.onnxruntime, self.host])
+        text = json.dumps([self.cpu, self.logical_cpus, self.cache_mb, self.onnxruntime, self.host, self.isa])
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def describe(self) -> str:
@@ -77,7 +78,7 @@ def this_machine() -> Machine:
         ident = ""
     host = hashlib.sha256((ident or platform.node()).encode()).hexdigest()[:12]
     return Machine(runner.machine_description(), _cpu_count(), runner.last_level_cache_mb(), onnxruntime.__version__,
-                   host)
+                   host, runner.cpu_isa())
 
 
 def _cpu_count() -> int:
@@ -111,7 +112,21 @@ def machine_differences(profile: HardwareProfile, machine: Machine | None = None
     recorded_ort = profile.software.get("onnxruntime")
     if recorded_ort and recorded_ort != machine.onnxruntime:
         found.append(f"onnxruntime {recorded_ort} there, {machine.onnxruntime} here")
+    if not table_carries_over(profile, machine):
+        found.append(f"vector instructions {profile.software['cpu_isa']} there, {machine.isa} here")
     return found
+
+
+def table_carries_over(profile: HardwareProfile, machine: Machine | None = None) -> bool:
+    """Whether ``profile``'s layer timings describe this machine's kernels up to a per-model calibration.
+
+    Not when the table was measured with another vector instruction set: onnxruntime then runs other kernels
+    (an AVX-512 table priced a dense ResNet-18 at 0.40 ms on a machine with AVX2 only that ran it in 3.4-4.3 ms,
+    and no whole-model calibration fixed the per-layer shape: 20% of plans within ±10%). A profile that does not
+    record its instruction set (made before it was recorded) is assumed to carry over."""
+    machine = machine or this_machine()
+    recorded = profile.software.get("cpu_isa")
+    return not recorded or not machine.isa or recorded == machine.isa
 
 
 # --- cache -------------------------------------------------------------------------------------------------------
@@ -159,20 +174,33 @@ def estimate_seconds(signatures: Sequence[LayerSignature], timing: Timing = LAZY
 
 
 def measure_missing(profile: HardwareProfile, space: SearchSpace, on_progress: Progress | None = None,
-                    on_note: Note | None = None) -> HardwareProfile:
-    """``profile`` with entries for the layer families of ``space`` it lacks, measured on this machine (cached)."""
+                    on_note: Note | None = None, folder: Path | None = None) -> HardwareProfile:
+    """``profile`` with entries for the layer families of ``space`` it lacks, measured on this machine (cached).
+
+    When the table does not carry over to this machine (:func:`table_carries_over`), every fp32 family of
+    ``space`` counts as lacking: the profile's own entries for them are set aside and the model's layer shapes
+    are measured here, so that no family interpolates between timings from two machines."""
     from autoprune.hardware.profiling import measure_table, merge_entries
 
-    folder = cache_dir(profile)
+    folder = folder or cache_dir(profile)
+    foreign = not table_carries_over(profile)
+    if foreign:
+        profile = _without_families(profile, space)
     cached = _cached_entries(folder / "entries.json")
     with_cached = replace(profile, entries=merge_entries(profile.entries, cached)) if cached else profile
+    if foreign and cached:  # the per-call overhead of this machine goes with its entries
+        with_cached = replace(with_cached, call_overhead_ms=_cached_overhead(folder / "entries.json",
+                                                                             profile.call_overhead_ms))
     todo = missing_signatures(with_cached, space)
     if not todo:
         return with_cached
     families = len({s.family for s in todo})
     if on_note:
-        on_note(f"target {profile.name!r} has no latency entries for {families} layer families of "
-                f"{model_key(space.model, space.input_shape)}; measuring {len(todo)} layer shapes on this machine "
+        why = (f"its table was measured with {profile.software.get('cpu_isa')} and this machine has "
+               f"{this_machine().isa}, so onnxruntime runs other kernels here" if foreign else
+               f"it has no latency entries for {families} layer families of it")
+        on_note(f"target {profile.name!r} cannot price {model_key(space.model, space.input_shape)} here as shipped "
+                f"({why}); measuring {len(todo)} layer shapes on this machine "
                 f"(about {estimate_seconds(todo) / 60:.1f} min; cached in {folder}, an interruption resumes)")
     checkpoint = runner.Checkpoint(folder / "entries.partial.jsonl")
     start = time.perf_counter()
@@ -188,7 +216,21 @@ def measure_missing(profile: HardwareProfile, space: SearchSpace, on_progress: P
     checkpoint.remove()
     if on_note:
         on_note(f"measured {len(todo)} layer shapes in {time.perf_counter() - start:.0f} s")
-    return replace(profile, entries=merge_entries(profile.entries, merged))
+    return replace(profile, entries=merge_entries(profile.entries, merged),
+                   call_overhead_ms=overhead if foreign else profile.call_overhead_ms)
+
+
+def _cached_overhead(path: Path, default: float) -> float:
+    data = _read_json(path) or {}
+    return float(data.get("call_overhead_ms", default))
+
+
+def _without_families(profile: HardwareProfile, space: SearchSpace) -> HardwareProfile:
+    """``profile`` less its fp32 entries of the layer families ``space`` uses."""
+    from autoprune.hardware.profiling import signature_grid
+
+    used = {s.family for s in signature_grid(space, profile.alignment, "fp32", 2)}
+    return replace(profile, entries=tuple(e for e in profile.entries if e.signature.family not in used))
 
 
 def _cached_entries(path: Path) -> tuple[LatencyEntry, ...]:
@@ -227,9 +269,14 @@ def self_calibrate(profile: HardwareProfile, space: SearchSpace, on_progress: Pr
     atomic_write_json(path, {"calibration": {k: v for k, v in vars(calibration).items() if v is not None}})
     before = CostModel(profile).predict(space, PruningPlan(alignment=space.alignment)).latency_ms
     differs = machine_differences(profile)
-    how = ("this machine differs: " + "; ".join(differs) + " (the table's shape may not carry over: measure one "
-           f"here with `autoprune profile measure --model {space.model} --out PROFILE.yaml` for the best accuracy)"
-           if differs else "same CPU, cache and onnxruntime as the profile's machine")
+    if not table_carries_over(profile):
+        how = "this machine differs: " + "; ".join(differs) + " (the model's layers were measured here)"
+    elif differs:
+        how = ("this machine differs: " + "; ".join(differs) + " (the table's shape may not carry over: measure one "
+               f"here with `autoprune profile measure --model {space.model} --out PROFILE.yaml` for the best "
+               "accuracy)")
+    else:
+        how = "same CPU, cache and onnxruntime as the profile's machine"
     _say_once(on_note, path, f"calibrated {profile.name!r} for {key} on this machine in "
                              f"{time.perf_counter() - start:.0f} s ({how}): dense {dense_ms:.4g} ms measured here, "
                              f"{before:.4g} ms by the profile as shipped; cached in {path.parent}")
@@ -292,7 +339,7 @@ def prepare_cost_model(profile: HardwareProfile, space: SearchSpace, on_progress
     """
     if runs_here(profile):
         folder = cache_dir(profile)
-        profile = measure_missing(profile, space, on_progress, on_note)
+        profile = measure_missing(profile, space, on_progress, on_note, folder=folder)
         if calibrate:
             profile = self_calibrate(profile, space, on_progress, on_note, folder=folder)
     else:

@@ -96,3 +96,45 @@ def test_self_calibration_fits_here_caches_and_says_so_once(resnet_space):
     assert not CostModel(load_profile("cpu")).predict(resnet_space, PruningPlan()).calibrated_here
     assert local.machine_differences(dataclasses.replace(profile, device=local.this_machine().cpu,
                                                          software={})) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_table_from_another_instruction_set_is_measured_again_here(tiny_space, monkeypatch):
+    here = local.this_machine().isa
+    other = "avx512f" if here != "avx512f" else "avx2"
+    foreign = table_profile(tiny_space, name="isa-test", software={"cpu_isa": other})
+    same = table_profile(tiny_space, name="isa-test-same", software={"cpu_isa": here})
+    assert not local.table_carries_over(foreign) and local.table_carries_over(same)
+    assert local.table_carries_over(table_profile(tiny_space))  # a profile that never recorded it: kept as is
+    assert any(f"{other} there, {here} here" in d for d in local.machine_differences(foreign))
+    calls, notes = [], []
+
+    def counting(signatures, *args, **kwargs):
+        calls.append(list(signatures))
+        return real_measure_table(signatures, *args, **kwargs)
+
+    monkeypatch.setattr("autoprune.hardware.profiling.measure_table", counting)
+    prepare_cost_model(same, tiny_space, calibrate=False)
+    assert calls == []  # covered, same kernels: nothing to measure
+    model = prepare_cost_model(foreign, tiny_space, on_note=notes.append, calibrate=False)
+    assert len(calls) == 1 and f"measured with {other}" in notes[0]
+    measured = {s.key() for s in calls[0]}
+    used = {e.signature.family for e in foreign.entries}
+    assert {s.family for s in calls[0]} == used  # every family of the model, not only missing ones
+    # No family mixes the shipped timings with this machine's: every entry it prices from was measured here.
+    assert {e.signature.key() for e in model.profile.entries if e.signature.family in used} == measured
+    assert model.predict(tiny_space, PruningPlan()).latency_ms > 0
+    prepare_cost_model(foreign, tiny_space, calibrate=False)
+    assert len(calls) == 1  # cached
+
+
+def test_the_memory_term_finds_the_cache_share_where_models_slow_down():
+    from autoprune.hardware.profiling import PlanPoint, fit_calibration
+
+    # Layer sums as timed with hot caches; whole models slow down by 0.08 ms per MB beyond 8 MB, on a 32 MB cache.
+    sizes = [2, 4, 6, 9, 12, 16, 20, 25, 30, 36, 44]
+    points = [PlanPoint(PruningPlan(), 0.02 * mb + 0.1, 0.0, 0.02 * mb + 0.1 + 0.08 * max(0.0, mb - 8.0), float(mb))
+              for mb in sizes]
+    calibration = fit_calibration(points, "synthetic", cache_mb=32.0)
+    assert calibration.cache_mb == pytest.approx(8.0) and calibration.spill_ms_per_mb == pytest.approx(0.08, rel=0.05)
+    assert "beyond 8 MB" in calibration.source
