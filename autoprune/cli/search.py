@@ -129,7 +129,7 @@ def search(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict of the trained dense model (loaded with weights_only=True); without it a baseline is trained and cached."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint; unpickling runs code from the file, so only for files you trust."),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights to start from, e.g. DEFAULT (needs network access once)."),
-    strategy: str = typer.Option("tpe", "--strategy", help="search strategy: tpe | nsga2 (evolution) | rl | random | uniform."),
+    strategy: str = typer.Option("tpe", "--strategy", help="search strategy: tpe | nsga2 (evolution) | rl | random | uniform | tp-global (Torch-Pruning global pruning, swept)."),
     trials: int = typer.Option(24, "--trials", help="number of candidates to evaluate (completed trials of a resumed study count)."),
     finetune_steps: int = typer.Option(50, "--finetune-steps", help="SGD steps of fine-tuning per candidate before measuring accuracy."),
     baseline_epochs: int = typer.Option(5, "--baseline-epochs", help="epochs when training the dense baseline."),

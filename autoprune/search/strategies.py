@@ -5,6 +5,7 @@ Contract (what the runner guarantees and what a strategy must do):
 
 - the runner builds a strategy once per run with the space, the constraints and a ``PlanCosts`` predictor,
   then calls :meth:`Strategy.sampler` once to create the study's sampler;
+- once the dense baseline is trained it calls ``attach_baseline(model)`` (a no-op by default);
 - for every trial it calls ``before_ask(study)`` then ``study.ask()`` then ``propose(study, trial)``, which
   must return a plan whose keep ratios are the trial's ``keep/<group>`` parameters. ``before_ask`` may
   enqueue fixed parameters (that is how the uniform sweep, the constrained random search and the RL agent
@@ -36,7 +37,8 @@ from autoprune.search.store import declare_strategy_attrs, decode_trials, trial_
 PARAM_PREFIX = "keep/"
 PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans more than one precision
 # Per-trial attributes the built-in strategies write (declared in the study store, kept by re-queued trials).
-WARM_START, SPREAD_START = declare_strategy_attrs("seeded", "warm_start_keep", "spread_start_level")
+WARM_START, SPREAD_START, GLOBAL_START = declare_strategy_attrs("seeded", "warm_start_keep", "spread_start_level",
+                                                               "global_start_ratio")
 (UNIFORM_KEEP,) = declare_strategy_attrs("uniform", "uniform_keep")
 
 
@@ -195,10 +197,16 @@ class Strategy(abc.ABC):
         self.constraints = constraints or Constraints()
         self.costs = costs
         self.workers = max(1, workers)
+        self.baseline_model = None  # set by attach_baseline
 
     @abc.abstractmethod
     def sampler(self) -> optuna.samplers.BaseSampler:
         """The Optuna sampler of the study this strategy drives."""
+
+    def attach_baseline(self, model) -> None:
+        """Hook called once with the trained dense model before the first trial. The base class keeps it for the
+        Torch-Pruning warm start (:meth:`global_start`); the model must not be changed."""
+        self.baseline_model = model
 
     def before_ask(self, study: optuna.Study) -> None:
         """Hook before each ``study.ask()``; a no-op unless the strategy enqueues its own proposals."""
@@ -297,15 +305,40 @@ class Strategy(abc.ABC):
         self._enqueue(study, ratios, {SPREAD_START: round(level, 6)})
         return True
 
+    def global_start(self, study: optuna.Study, count: int) -> bool:
+        """Enqueue ``count`` plans of Torch-Pruning's global allocation (:mod:`autoprune.search.tp_global`) at
+        pruning ratios spread like the uniform warm start's, so a learned strategy starts from the best one-liner
+        baseline as well as from the uniform one and can only improve on both. Needs the baseline attached;
+        models it cannot allocate (attention heads) get none. Returns whether a plan was enqueued."""
+        made = self._made(study, GLOBAL_START) if count > 0 else 0
+        if count <= 0 or made >= count or self.baseline_model is None:
+            return False
+        from autoprune.search.tp_global import snapped_global_ratios
+
+        top = 1.0 - self.lowest_uniform()
+        ratio = round(top * (count - made) / (count + 1), 6)  # from the most pruned seed to the least
+        try:
+            ratios = snapped_global_ratios(self.baseline_model, self.space, ratio)
+        except UserError:
+            return False
+        if not self._cost_feasible(ratios):
+            return False
+        self._enqueue(study, ratios, {GLOBAL_START: ratio})
+        return True
+
     def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
-        """The uniform warm start first, then the spread start-up plans (one enqueued per ask). Both only fill
-        the study's first ``uniform + spread`` trials: a study resumed past its start-up (one made before spread
-        plans existed, or resumed with a larger --trials) gets none in the middle of its search."""
+        """The uniform warm start first, then as many Torch-Pruning global-allocation plans (when the baseline is
+        attached; they take the place of spread plans), then the spread start-up plans (one enqueued per ask).
+        All only fill the study's first ``uniform + spread`` trials: a study resumed past its start-up (or with
+        a larger --trials) gets none in the middle of its search."""
         started = len(study.get_trials(deepcopy=False))
         if started < uniform and self.warm_start(study, uniform):
             return
+        glob = min(uniform, spread) if self.baseline_model is not None else 0
+        if started < uniform + glob and self.global_start(study, glob):
+            return
         if started < uniform + spread:
-            self.spread_start(study, spread)
+            self.spread_start(study, spread - glob)
 
 
 class TPEStrategy(Strategy):
@@ -427,3 +460,4 @@ def create_strategy(
 
 
 from autoprune.search import rl as _rl  # noqa: E402,F401  (registers "rl" the way a plugin would)
+from autoprune.search import tp_global as _tp_global  # noqa: E402,F401  (registers "tp-global")

@@ -147,3 +147,28 @@ class SyntheticEvaluator:
             finetune_steps=0 if skip else self.finetune_steps, fidelity="proxy" if skip else "finetuned",
             seconds=time.perf_counter() - started, pid=os.getpid(),
         )
+
+
+def synthetic_model(space: SearchSpace, classes: int = 10, seed: int = 0):
+    """A real network of :func:`synthetic_space`'s shape: its ``conv<i>`` layers in a chain (ReLU between), global
+    average pooling and a linear classifier, seeded. For strategies that read weights (``tp-global``, the
+    Torch-Pruning warm start) on the synthetic problem."""
+    import torch
+    from torch import nn
+
+    class SyntheticChain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for layer in space.layers:
+                self.add_module(layer.name, nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel,
+                                                      layer.stride, layer.padding))
+            self.fc = nn.Linear(space.layers[-1].out_channels, classes)
+
+        def forward(self, x):
+            for layer in space.layers:
+                x = torch.relu(getattr(self, layer.name)(x))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SyntheticChain().eval()

@@ -12,14 +12,16 @@ from autoprune.search.backends import LocalExecutor
 from autoprune.search.records import completed_records, pareto_records
 from autoprune.search.runner import optimize
 from autoprune.search.strategies import STRATEGIES, Constraints, check_budget_reachable, create_strategy
-from autoprune.search.synthetic import SyntheticEvaluator, SyntheticProblem
+from autoprune.search.synthetic import SyntheticEvaluator, SyntheticProblem, synthetic_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _run(name, trials, constraints=Constraints(), seed=0, evaluator=None, study=None, problem=None):
+def _run(name, trials, constraints=Constraints(), seed=0, evaluator=None, study=None, problem=None, model=False):
     problem = problem or SyntheticProblem(groups=6, seed=0)
     strategy = create_strategy(name, problem.space, "l1", seed, trials, constraints, problem)
+    if model:  # the trained network a real run attaches (tp-global reads its weights)
+        strategy.attach_baseline(synthetic_model(problem.space))
     study = study or optuna.create_study(directions=["maximize", "minimize"])
     study.sampler = strategy.sampler()
     optimize(study, strategy, LocalExecutor(evaluator or SyntheticEvaluator(problem)), trials, constraints,
@@ -29,7 +31,7 @@ def _run(name, trials, constraints=Constraints(), seed=0, evaluator=None, study=
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_each_strategy_completes_its_trials_with_keep_params(name):
-    study, problem = _run(name, 8)
+    study, problem = _run(name, 8, model=True)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 8
     groups = {f"keep/{g.name}" for g in problem.space.groups}
