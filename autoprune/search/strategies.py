@@ -37,8 +37,8 @@ from autoprune.search.store import declare_strategy_attrs, decode_trials, trial_
 PARAM_PREFIX = "keep/"
 PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans more than one precision
 # Per-trial attributes the built-in strategies write (declared in the study store, kept by re-queued trials).
-WARM_START, SPREAD_START, GLOBAL_START = declare_strategy_attrs("seeded", "warm_start_keep", "spread_start_level",
-                                                               "global_start_ratio")
+WARM_START, SPREAD_START, GLOBAL_START, LATENCY_START = declare_strategy_attrs(
+    "seeded", "warm_start_keep", "spread_start_level", "global_start_ratio", "latency_start_fraction")
 (UNIFORM_KEEP,) = declare_strategy_attrs("uniform", "uniform_keep")
 
 
@@ -165,6 +165,39 @@ def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Co
                 f"--max-params {constraints.max_params} is below the smallest plan this space allows "
                 f"({fewest:,} parameters); raise it, or lower the groups' min_keep with --space"
             )
+
+
+def latency_allocation(space: SearchSpace, costs: PlanCosts, target_ms: float, importance: str = "l1"
+                       ) -> dict[str, float]:
+    """Keep ratios (on each group's grid) meeting ``target_ms`` by greedy steps down: each step lowers the group
+    whose next grid step saves the most predicted latency per unit of the penalty ``layers * (1 - keep)^2``.
+    Stops at the target or when every group is at its ``min_keep``."""
+    groups = searched_groups(space)
+    steps = {g.name: grid_steps(g) for g in groups}  # grid index per group: start at max_keep
+    weight = {g.name: max(1, len(g.layers)) for g in groups}
+
+    def plan(index: dict[str, int]) -> PruningPlan:
+        return PruningPlan(keep_ratios={g.name: grid_value(g, index[g.name]) for g in groups},
+                           importance=importance, alignment=space.alignment)
+
+    current = costs.latency_ms(plan(steps))
+    while current > target_ms:
+        best, best_gain, best_ms = None, 0.0, current
+        for g in groups:
+            if steps[g.name] == 0:
+                continue
+            trial = {**steps, g.name: steps[g.name] - 1}
+            ms = costs.latency_ms(plan(trial))
+            keep_now, keep_next = grid_value(g, steps[g.name]), grid_value(g, steps[g.name] - 1)
+            penalty = weight[g.name] * ((1 - keep_next) ** 2 - (1 - keep_now) ** 2)
+            gain = (current - ms) / max(penalty, 1e-12)
+            if best is None or gain > best_gain:
+                best, best_gain, best_ms = g.name, gain, ms
+        if best is None:
+            break
+        steps[best] -= 1
+        current = best_ms
+    return {g.name: grid_value(g, steps[g.name]) for g in groups}
 
 
 def warm_start_count(trials: int) -> int:
@@ -326,9 +359,30 @@ class Strategy(abc.ABC):
         self._enqueue(study, ratios, {GLOBAL_START: ratio})
         return True
 
+    def latency_start(self, study: optuna.Study, count: int) -> bool:
+        """Enqueue ``count`` plans that spend the pruning where the target's latency is: for latency targets spread
+        between the fastest plan and the dense model, the allocation minimising ``sum_g layers_g * (1 - keep_g)^2``
+        (a convex stand-in for accuracy loss, heavier for groups that shape more layers) under the target, by
+        greedy steps down the keep grid, each on the group that saves the most predicted latency per unit of that
+        penalty (:func:`latency_allocation`). On a CPU where weights beyond the cache dominate, this prunes the
+        wide late layers first; a uniform plan of the same latency prunes every layer alike. Needs the cost
+        predictor. Returns whether a plan was enqueued."""
+        made = self._made(study, LATENCY_START) if count > 0 else 0
+        if count <= 0 or made >= count or self.costs is None:
+            return False
+        dense = self.costs.latency_ms(self._plan({}))
+        fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
+        fraction = round((fastest + (dense - fastest) * (made + 1) / (count + 1)) / dense, 6)
+        ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance)
+        if not self._cost_feasible(ratios):
+            return False
+        self._enqueue(study, ratios, {LATENCY_START: fraction})
+        return True
+
     def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
         """The uniform warm start first, then as many Torch-Pruning global-allocation plans (when the baseline is
-        attached; they take the place of spread plans), then the spread start-up plans (one enqueued per ask).
+        attached) and latency-targeted allocations (when costs are known; both take the place of spread plans),
+        then the spread start-up plans (one enqueued per ask).
         All only fill the study's first ``uniform + spread`` trials: a study resumed past its start-up (or with
         a larger --trials) gets none in the middle of its search."""
         started = len(study.get_trials(deepcopy=False))
@@ -337,8 +391,11 @@ class Strategy(abc.ABC):
         glob = min(uniform, spread) if self.baseline_model is not None else 0
         if started < uniform + glob and self.global_start(study, glob):
             return
+        lat = min(uniform, spread - glob) if self.costs is not None else 0
+        if started < uniform + glob + lat and self.latency_start(study, lat):
+            return
         if started < uniform + spread:
-            self.spread_start(study, spread - glob)
+            self.spread_start(study, spread - glob - lat)
 
 
 class TPEStrategy(Strategy):

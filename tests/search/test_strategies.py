@@ -151,18 +151,22 @@ def test_start_up_plans_cover_the_latency_range_unlike_independent_draws(name):
     problem = SyntheticProblem(groups=8, seed=0)
     study, _ = _run(name, 30, problem=problem)
     spread = [t for t in study.trials if "spread_start_level" in t.user_attrs]
-    # After the 3 uniform seeds: the rest of TPE's 10 start-up trials / NSGA-II's first generation of 10.
-    assert len(spread) == 7 and [t.number for t in spread] == list(range(3, 10))
+    targeted = [t for t in study.trials if "latency_start_fraction" in t.user_attrs]
+    # After the 3 uniform seeds: 3 latency-targeted plans, then the rest of TPE's 10 start-up trials / NSGA-II's
+    # first generation of 10.
+    assert [t.number for t in targeted] == [3, 4, 5]
+    assert len(spread) == 4 and [t.number for t in spread] == list(range(6, 10))
     levels = [t.user_attrs["spread_start_level"] for t in spread]
-    assert levels == sorted(levels) and levels[-1] - levels[0] > 0.5
-    assert all(len(set(t.params.values())) > 1 for t in spread)  # groups differ: not another uniform plan
-    lat = [t.user_attrs["latency_ms"] for t in spread]
+    assert levels == sorted(levels) and levels[-1] - levels[0] > 0.35
+    assert all(len(set(t.params.values())) > 1 for t in spread + targeted)  # not another uniform plan
+    lat = [t.user_attrs["latency_ms"] for t in spread + targeted]
     rnd, _ = _run("random", 30, problem=problem)
     drawn = [t.user_attrs["latency_ms"] for t in rnd.trials[:7]]
     assert max(lat) - min(lat) > 1.5 * (max(drawn) - min(drawn))
     # Resuming makes no more of them.
     again, _ = _run(name, 34, study=study, problem=problem)
-    assert len([t for t in again.trials if "spread_start_level" in t.user_attrs]) == 7
+    assert len([t for t in again.trials if "spread_start_level" in t.user_attrs]) == 4
+    assert len([t for t in again.trials if "latency_start_fraction" in t.user_attrs]) == 3
 
 
 def test_rl_warm_up_spreads_budgets_from_the_fastest_plan_up():
@@ -177,10 +181,28 @@ def test_rl_warm_up_spreads_budgets_from_the_fastest_plan_up():
 
 def test_a_study_resumed_past_its_start_up_gets_no_spread_plans():
     problem = SyntheticProblem(groups=8, seed=0)
-    study, _ = _run("tpe", 12, problem=problem)  # 12 trials: 4 start-up trials, 2 of them spread
-    assert len([t for t in study.trials if "spread_start_level" in t.user_attrs]) == 2
-    # Resumed with --trials 40 its start-up would be 10 trials, but 12 have run: no spread plans mid-search.
+    study, _ = _run("tpe", 12, problem=problem)  # 12 trials: 4 start-up trials, 2 uniform and 2 latency-targeted
+    seeded = ("spread_start_level", "latency_start_fraction")
+    assert len([t for t in study.trials if any(k in t.user_attrs for k in seeded)]) == 2
+    # Resumed with --trials 40 its start-up would be 10 trials, but 12 have run: no start-up plans mid-search.
     again, _ = _run("tpe", 40, study=study, problem=problem)
     assert len(again.trials) == 40
-    assert len([t for t in again.trials if "spread_start_level" in t.user_attrs]) == 2
+    assert len([t for t in again.trials if any(k in t.user_attrs for k in seeded)]) == 2
     assert len([t for t in again.trials if "warm_start_keep" in t.user_attrs]) == 2  # nor uniform seeds (4 at 40)
+
+
+def test_latency_allocation_meets_its_target_and_prunes_where_the_latency_is():
+    from autoprune.search.strategies import latency_allocation
+
+    problem = SyntheticProblem(groups=8, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    ratios = latency_allocation(problem.space, problem, 0.5 * dense)
+    assert problem.latency_ms(problem.plan(ratios)) <= 0.5 * dense
+    assert len(set(ratios.values())) > 1  # not a uniform plan
+    # The group whose layer costs the most (and whose input the next layer reads) loses the most.
+    share = {g: problem.latency_ms(problem.plan({}))
+             - problem.latency_ms(problem.plan({g: 0.5})) for g in ratios}
+    assert ratios[max(share, key=share.get)] == min(ratios.values())
+    assert ratios[min(share, key=share.get)] > min(ratios.values())
+    fastest = latency_allocation(problem.space, problem, 0.0)  # unreachable: every group at its floor
+    assert all(fastest[g.name] == g.min_keep for g in problem.space.groups)

@@ -1,0 +1,366 @@
+"""Prove the search (issue 17): every method in one run, same baseline, same evaluator, same trial budget, on a task
+where pruning costs accuracy (Fashion-MNIST), scored on measured latency and on the official test split.
+
+Methods: ``uniform`` (one keep ratio swept), ``random``, ``tp-global`` (Torch-Pruning global pruning swept over its
+ratio), the learned strategies (``tpe``, ``nsga2``, ``rl``) and ``tpe-macs`` (the same TPE with MACs as its cost
+objective, FLOPs-guided, its candidates then priced on the target). The target is the host CPU profile, prepared
+as `autoprune search` prepares it (re-measured and calibrated on this machine when the profile does not carry
+over; cached).
+
+Per method and seed: the best candidate by validation accuracy at <= B x the dense predicted latency for each
+budget B is pruned again from the dense model, fine-tuned with the final recipe (`autoprune export`'s, --final-epochs)
+and scored on the test split; its latency and every front candidate's are measured on this machine with
+onnxruntime, each plan right after the dense model so that drift cancels in the ratio. Uniform and tp-global do not
+depend on the seed (their sweeps are fixed), so they run once and pair with every seed.
+
+    .venv/bin/python bench/search_proof.py [--model resnet18] [--data 'fashion-mnist?n=10000'] [--trials 16]
+        [--seeds 0 1 2] [--methods uniform tp-global tpe tpe-macs nsga2 rl random] [--budgets 0.35 0.5]
+        [--final-epochs 1] [--finetune-steps 30] [--device cpu]
+
+On a GPU machine: `--data cifar10:DIR --device cuda` (the latency figures stay the host CPU's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+SEED_FREE = ("uniform", "tp-global")
+
+
+class MacsCost:
+    """The FLOPs-guided baseline's cost model: latency read as MACs, scaled so that the dense model matches the
+    target's dense latency (so the same limits and reference points apply). Provenance: estimated."""
+
+    def __init__(self, cost_model, space) -> None:
+        from autoprune.plan import PruningPlan
+
+        self.inner = cost_model
+        dense = cost_model.predict(space, PruningPlan(alignment=space.alignment))
+        self.ms_per_mac = dense.latency_ms / max(1, dense.macs)
+
+    def predict(self, space, plan):
+        est = self.inner.predict(space, plan)
+        return replace(est, latency_ms=est.macs * self.ms_per_mac, provenance="estimated",
+                       source="MACs x (dense latency / dense MACs): FLOPs-guided baseline", per_layer=())
+
+
+def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs, baseline_model):
+    import optuna
+
+    from autoprune.search.backends import LocalExecutor
+    from autoprune.search.runner import optimize
+    from autoprune.search.strategies import Constraints, create_strategy
+    from autoprune.search.store import decode_trials
+
+    flops = name == "tpe-macs"
+    strategy = create_strategy("tpe" if flops else name, space, "l1", seed, args.trials, Constraints(),
+                               macs_costs if flops else costs)
+    strategy.attach_baseline(baseline_model)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=strategy.sampler())
+    t0 = time.time()
+    optimize(study, strategy, LocalExecutor(flops_evaluator if flops else evaluator), args.trials, Constraints(),
+             multi_fidelity=True)
+    seconds = time.time() - t0
+    from autoprune.plan import PruningPlan
+
+    cands = []
+    for t in decode_trials(study):
+        if t.measurement is None:
+            continue
+        plan = PruningPlan.from_dict(t.measurement.plan)
+        cands.append({"trial": t.number, "plan": plan, "val_accuracy": t.measurement.accuracy,
+                      "predicted_ms": costs.latency_ms(plan), "fidelity": t.measurement.fidelity,
+                      "finetune_steps": t.measurement.finetune_steps})
+    return {"method": name, "seed": seed, "seconds": round(seconds, 1), "candidates": cands,
+            "finetune_steps": sum(c["finetune_steps"] for c in cands), "loadavg_at_end": _common.loadavg()}
+
+
+def save_runs(path, runs) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**r, "candidates": [{**c, "plan": c["plan"].to_dict()} for c in r["candidates"]]} for r in runs]
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def load_runs(path):
+    import json
+
+    from autoprune.plan import PruningPlan
+
+    runs = json.loads(path.read_text())
+    for r in runs:
+        for c in r["candidates"]:
+            c["plan"] = PruningPlan.from_dict(c["plan"])
+    return runs
+
+
+def front_of(cands):
+    from autoprune.search.pareto import pareto_front
+
+    points = [(c["val_accuracy"], c["predicted_ms"]) for c in cands]
+    return [cands[i] for i in pareto_front(points)]
+
+
+def pick(cands, limit_ms):
+    feasible = [c for c in cands if c["predicted_ms"] <= limit_ms]
+    return max(feasible, key=lambda c: (c["val_accuracy"], -c["predicted_ms"])) if feasible else None
+
+
+def plan_key(plan) -> str:
+    import json
+
+    return json.dumps(plan.to_dict(), sort_keys=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--data", default="fashion-mnist?n=10000")
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["uniform", "tp-global", "tpe", "tpe-macs", "nsga2", "rl",
+                                                          "random"])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.35, 0.5])
+    parser.add_argument("--final-epochs", type=int, default=1)
+    parser.add_argument("--finetune-steps", type=int, default=30)
+    parser.add_argument("--baseline-epochs", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=60, help="onnxruntime runs per plan (and per dense) per round")
+    parser.add_argument("--name", default="search_proof")
+    parser.add_argument("--phase", choices=("all", "search", "score"), default="all",
+                        help="search: run the searches and keep them in results/NAME.runs.json; score: measure, "
+                             "fine-tune and score those (e.g. on a quieter machine); all: both")
+    args = parser.parse_args()
+    started = time.time()
+    env = _common.environment()
+    load = _common.LoadSampler()
+
+    import optuna
+    import torch
+
+    from autoprune.baseline import BaselineSpec, get_baseline
+    from autoprune.data import load_data
+    from autoprune.hardware import device_runner, load_profile, prepare_cost_model
+    from autoprune.hardware.profiling import plan_items
+    from autoprune.plan import PruningPlan
+    from autoprune.pruning import generate_space
+    from autoprune.pruning.engine import prune
+    from autoprune.report.export import ExportSettings, finetune_epochs
+    from autoprune.search.evaluator import Evaluator, EvaluatorSettings
+    from autoprune.search.pareto import hypervolume
+    from autoprune.search.strategies import SpaceCosts
+    from autoprune.training import TrainRecipe, evaluate, recalibrate_bn
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shape = (1, 3, 32, 32)
+    profile = load_profile("cpu")
+    data = load_data(args.data, shape[2:], 0)
+    spec = BaselineSpec(args.model, args.data, shape, data.num_classes, 0, TrainRecipe(epochs=args.baseline_epochs), None)
+    t0 = time.time()
+    baseline = get_baseline(spec, data, device=args.device).model
+    baseline_s = time.time() - t0
+    space = generate_space(baseline, args.model, shape, alignment=profile.alignment)
+    notes: list[str] = []
+    cost_model = prepare_cost_model(profile, space, on_note=notes.append)
+    costs = SpaceCosts(space, cost_model)
+    macs_model = MacsCost(cost_model, space)
+    macs_costs = SpaceCosts(space, macs_model)
+    dense_plan = PruningPlan(alignment=space.alignment)
+    dense_ms = costs.latency_ms(dense_plan)
+    test = data.loader("test", 256, 0, shuffle=False)
+    dense_val = evaluate(baseline, data.loader("val", 256, 0, shuffle=False), data.num_classes).accuracy
+    dense_test = evaluate(baseline, test, data.num_classes).accuracy
+    settings = EvaluatorSettings(finetune_steps=args.finetune_steps, seed=0, device=args.device)
+    evaluator = Evaluator(baseline, data, space, cost_model, settings)
+    flops_evaluator = Evaluator(baseline, data, space, macs_model, settings)
+    print(f"dense: val {dense_val:.4f} test {dense_test:.4f} predicted {dense_ms:.4f} ms; notes: {notes}", flush=True)
+
+    state = _common.RESULTS / f"{args.name}.runs.json"
+    runs = load_runs(state) if args.phase == "score" else []
+    if args.phase != "score":
+        for seed in args.seeds:  # methods interleaved within each seed, so machine drift hits them alike
+            for name in args.methods:
+                if name in SEED_FREE and seed != args.seeds[0]:
+                    continue
+                run = run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs, baseline)
+                runs.append(run)
+                save_runs(state, runs)  # the search phase's work survives a failure in scoring
+                print(f"{name} seed {seed}: {len(run['candidates'])} candidates in {run['seconds']} s, "
+                      f"load {run['loadavg_at_end']}", flush=True)
+        if args.phase == "search":
+            print(f"search phase done: {state}; score with --phase score (same arguments)")
+            return
+
+    # Re-measure: every front candidate and every pick, each right after the dense model.
+    picks = {}
+    for run in runs:
+        run["front"] = front_of(run["candidates"])
+        for b in args.budgets:
+            c = pick(run["candidates"], b * dense_ms)
+            picks[(run["method"], run["seed"], b)] = c
+    to_measure = {}
+    for run in runs:
+        for c in run["front"]:
+            to_measure.setdefault(plan_key(c["plan"]), c["plan"])
+    for c in picks.values():
+        if c is not None:
+            to_measure.setdefault(plan_key(c["plan"]), c["plan"])
+    keys = list(to_measure)
+    t1 = time.time()
+    dense_item, *items = plan_items(space, [dense_plan, *[to_measure[k] for k in keys]])
+    stats, reference = device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=args.repeats, rounds=3)
+    measured = {k: st for k, st in zip(keys, stats)}
+    measure_s = time.time() - t1
+
+    # Final fine-tune of the picks (each unique plan once), scored on the test split.
+    final: dict[str, dict] = {}
+    export = ExportSettings(finetune_epochs=args.final_epochs, measure=False, device=args.device)
+    t2 = time.time()
+    for (method, seed, b), c in picks.items():
+        if c is None or plan_key(c["plan"]) in final:
+            continue
+        pruned = prune(baseline, c["plan"], torch.zeros(shape), seed=0)
+        train = data.loader("train", export.batch_size, 0)
+        recalibrate_bn(pruned.model, train, export.bn_recalibration_batches)
+        steps, _ = finetune_epochs(pruned.model, train, export, 0, pruned.masks, device=args.device)
+        final[plan_key(c["plan"])] = {"test_accuracy": evaluate(pruned.model, test, data.num_classes).accuracy,
+                                      "steps": steps}
+        print(f"final {method} seed {seed} @{b}: test {final[plan_key(c['plan'])]['test_accuracy']:.4f}", flush=True)
+    final_s = time.time() - t2
+
+    # Scores.
+    def ratio(c):
+        return measured[plan_key(c["plan"])]["ratio"]
+
+    for run in runs:
+        pts = [(c["val_accuracy"], ratio(c)) for c in run["front"]]
+        run["hv_measured"] = hypervolume(pts, (0.0, 1.0))
+        run["front_measured"] = [{"val_accuracy": round(a, 4), "measured_ratio": round(r, 4)} for a, r in pts]
+    uni_small = min((c for r in runs if r["method"] == "uniform" for c in r["candidates"]),
+                    key=lambda c: c["predicted_ms"], default=None)
+    ref_acc = uni_small["val_accuracy"] if uni_small else 0.0
+    for run in runs:
+        pts = [(c["val_accuracy"], ratio(c)) for c in run["front"]]
+        run["hv_measured_tight"] = hypervolume(pts, (ref_acc, 1.0))
+
+    table = {}
+    for (method, seed, b), c in picks.items():
+        if c is None:
+            continue
+        f = final[plan_key(c["plan"])]
+        table.setdefault(method, {}).setdefault(b, []).append({
+            "seed": seed, "trial": c["trial"], "val_accuracy": round(c["val_accuracy"], 4),
+            "predicted_ratio": round(c["predicted_ms"] / dense_ms, 4), "measured_ratio": round(ratio(c), 4),
+            "test_accuracy": round(f["test_accuracy"], 4), "plan": c["plan"].to_dict()})
+
+    def paired(method, other, b):
+        mine = {r["seed"]: r["test_accuracy"] for r in table.get(method, {}).get(b, [])}
+        theirs = table.get(other, {}).get(b, [])
+        if not mine or not theirs:
+            return None
+        if other in SEED_FREE:
+            diffs = [(a - theirs[0]["test_accuracy"]) * 100 for a in mine.values()]
+        else:
+            t = {r["seed"]: r["test_accuracy"] for r in theirs}
+            diffs = [(mine[s] - t[s]) * 100 for s in mine if s in t]
+        return {"mean_points": round(statistics.mean(diffs), 2), "min_points": round(min(diffs), 2),
+                "max_points": round(max(diffs), 2), "n": len(diffs)}
+
+    learned = [m for m in args.methods if m not in SEED_FREE and m not in ("random", "tpe-macs")]
+    verdicts = {}
+    for b in args.budgets:
+        for m in learned:
+            vu, vg = paired(m, "uniform", b), paired(m, "tp-global", b)
+            verdicts[f"{m}@{b}"] = {
+                "vs_uniform": vu, "vs_tp_global": vg,
+                "goal_uniform_1pt": bool(vu and vu["mean_points"] >= 1.0 and vu["min_points"] > 0),
+                "goal_tp_global_0.5pt": bool(vg and vg["mean_points"] >= 0.5 and vg["min_points"] > 0),
+            }
+
+    def hv_stats(method, key):
+        vals = [r[key] for r in runs if r["method"] == method]
+        return _common.mean_spread(vals) if vals else None
+
+    hv = {m: {"hv_measured": hv_stats(m, "hv_measured"), "hv_measured_tight": hv_stats(m, "hv_measured_tight"),
+              "search_seconds": hv_stats(m, "seconds"), "finetune_steps": hv_stats(m, "finetune_steps")}
+          for m in args.methods}
+    if "tpe" in hv and "tpe-macs" in hv and hv["tpe"]["hv_measured_tight"] and hv["tpe-macs"]["hv_measured_tight"]:
+        a, f = hv["tpe"]["hv_measured_tight"], hv["tpe-macs"]["hv_measured_tight"]
+        verdicts["latency_vs_flops_guided"] = {"tpe": a, "tpe-macs": f,
+                                               "beyond_spread": a["mean"] - a["std"] > f["mean"] + f["std"]}
+    headline = None
+    cands = [(r2["test_accuracy"], 1 / r2["measured_ratio"], m, r2["seed"]) for m, by in table.items()
+             for rows in by.values() for r2 in rows]
+    ok = [c for c in cands if c[1] >= 2.0 and (dense_test - c[0]) * 100 <= 1.0]
+    headline = {"dense_test_accuracy": round(dense_test, 4), "met": bool(ok),
+                "best_2x": max(ok) if ok else None,
+                "fastest_within_1pt": max(((s, a, m, sd) for a, s, m, sd in cands if (dense_test - a) * 100 <= 1.0),
+                                          default=None)}
+    summary = load.summary()
+    out = {"environment": env, "args": vars(args), "model": args.model, "data": args.data, "target": profile.name,
+           "cost_model_notes": notes, "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test,
+                                                "predicted_ms": dense_ms, "measured_ms": reference["median_ms"]},
+           "latency_provenance": "predicted: the host profile prepared on this machine; measured: onnxruntime 1 "
+                                 "thread on this machine, each plan right after the dense model (ratio of medians)",
+           "baseline_seconds": round(baseline_s, 1), "measure_seconds": round(measure_s, 1),
+           "final_finetune_seconds": round(final_s, 1), "picks": table, "verdicts": verdicts, "hypervolume": hv,
+           "headline": headline, "hv_tight_reference": [ref_acc, 1.0], "load_average": summary,
+           "load_sentence": _common.load_sentence(summary["mean"]), "wall_seconds": round(time.time() - started, 1),
+           "runs": [{k: v for k, v in r.items() if k not in ("candidates", "front")} |
+                    {"candidates": [{**{k: v for k, v in c.items() if k != "plan"}, "plan": c["plan"].to_dict()}
+                                    for c in r["candidates"]]} for r in runs]}
+    _common.write(args.name, out, markdown(out, args))
+
+
+def markdown(out, args) -> str:
+    d = out["dense"]
+    lines = [f"{args.model} on `{args.data}` (1x3x32x32), target `{out['target']}`; dense: val {d['val_accuracy'] * 100:.2f}%, "
+             f"test {d['test_accuracy'] * 100:.2f}%, {d['predicted_ms']:.3f} ms predicted, {d['measured_ms']:.3f} ms "
+             f"measured. {args.trials} trials per method and seed, seeds {args.seeds}, {args.finetune_steps} fine-tune "
+             f"steps per candidate (multi-fidelity), final fine-tune {args.final_epochs} epoch(s) (export's recipe). "
+             f"Machine: {out['load_sentence']}.", "",
+             "Best candidate (by validation accuracy) at ≤ B × dense predicted latency, re-pruned, fine-tuned with the "
+             "final recipe, on the **test split**; measured = this machine, ratio to the dense model timed beside it.", "",
+             "| method | budget | test acc % (mean ± std, n) | measured latency ratio (mean) | predicted ratio (mean) |",
+             "|---|---|---|---|---|"]
+    for m, by in out["picks"].items():
+        for b, rows in sorted(by.items()):
+            accs = [r["test_accuracy"] * 100 for r in rows]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            lines.append(f"| {m} | {b} | {statistics.mean(accs):.2f} ± {sd:.2f} ({len(accs)}) | "
+                         f"{statistics.mean(r['measured_ratio'] for r in rows):.3f} | "
+                         f"{statistics.mean(r['predicted_ratio'] for r in rows):.3f} |")
+    lines += ["", "Paired differences on the test split (points; learned seed k minus the seed-free baseline):", ""]
+    for k, v in out["verdicts"].items():
+        if "@" in k:
+            lines.append(f"- {k}: vs uniform {v['vs_uniform']}, goal ≥ 1 pt beyond spread: **{v['goal_uniform_1pt']}**; "
+                         f"vs tp-global {v['vs_tp_global']}, goal ≥ 0.5 pt: **{v['goal_tp_global_0.5pt']}**")
+    if "latency_vs_flops_guided" in out["verdicts"]:
+        v = out["verdicts"]["latency_vs_flops_guided"]
+        lines.append(f"- hardware-aware vs FLOPs-guided (hypervolume on measured latency, tight reference): tpe "
+                     f"{v['tpe']['mean']:.4g} ± {v['tpe']['std']:.2g}, tpe-macs {v['tpe-macs']['mean']:.4g} ± "
+                     f"{v['tpe-macs']['std']:.2g}; beyond spread: **{v['beyond_spread']}**")
+    h = out["headline"]
+    lines.append(f"- headline (≥ 2× measured at ≤ 1 pt test loss vs dense {h['dense_test_accuracy'] * 100:.2f}%): "
+                 f"**{h['met']}**; fastest pick within 1 pt: {h['fastest_within_1pt']}")
+    lines += ["", "| method | hypervolume, measured (ref 0, dense) | tight (ref: smallest uniform's acc) | search s | "
+              "fine-tune steps |", "|---|---|---|---|---|"]
+    fmt = lambda s: "–" if not s else f"{s['mean']:.4g} ± {s['std']:.2g}"  # noqa: E731
+    for m, s in out["hypervolume"].items():
+        lines.append(f"| {m} | {fmt(s['hv_measured'])} | {fmt(s['hv_measured_tight'])} | {fmt(s['search_seconds'])} | "
+                     f"{fmt(s['finetune_steps'])} |")
+    lines += ["", "Cost model: " + " / ".join(out["cost_model_notes"])]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
