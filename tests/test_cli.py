@@ -52,6 +52,18 @@ def test_search_yields_real_non_dominated_front(tiny_search):
     assert result["config"]["model"] == "resnet18"
 
 
+def test_tp_global_runs_through_the_cli_on_the_trained_baseline(tiny_search, capsys, tmp_path):
+    code, stdout, err = run_cli(capsys, "search", "--model", "resnet18", "--target", "jetson", *TINY, "--trials",
+                                "2", "--strategy", "tp-global", "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    study = optuna.load_study(study_name=result["study"], storage=result["storage"])
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.user_attrs["tp_global_ratio"] for t in done] == [0.375, 0.75]
+    assert all(t.user_attrs["strategy"] == "tp-global" for t in done)
+    assert done[1].values[1] < done[0].values[1] < result["baseline"]["latency_ms"]
+
+
 def test_json_output_matches_results_file(tiny_search, capsys):
     out, result = tiny_search
     # Same command again: the study is complete, so nothing is re-run and the same front is printed.

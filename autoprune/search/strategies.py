@@ -388,7 +388,7 @@ class Strategy(abc.ABC):
         started = len(study.get_trials(deepcopy=False))
         if started < uniform and self.warm_start(study, uniform):
             return
-        glob = min(uniform, spread) if self.baseline_model is not None else 0
+        glob = min(uniform, spread // 2) if self.baseline_model is not None else 0
         if started < uniform + glob and self.global_start(study, glob):
             return
         lat = min(uniform, spread - glob) if self.costs is not None else 0
