@@ -74,6 +74,10 @@ def run_case(model_name: str, size: int, samples: int, seed: int) -> dict:
         "ratio_cpu_clock": score([p / dense_pred for p in predicted], [s["cpu_ratio"] for s in stats]),
         "ratio_p10": score([p / dense_pred for p in predicted], [s["p10_ratio"] for s in stats]),
     }
+    case["plans"] = [{"predicted_ms": round(p, 4), "measured_ms": round(st["median_ms"], 4),
+                      "measured_ratio": round(st["ratio"], 4), "layer_sum_ms": round(model.layer_sum_ms(space, plan), 4),
+                      "weight_mb": round(model.predict(space, plan).stored_mb, 3)}
+                     for p, st, plan in zip(predicted, stats, plans)]
     if CostModel(shipped).covers(space) and space.input_shape == (1, 3, 32, 32):
         as_shipped = CostModel(shipped)
         case["shipped_profile_absolute"] = score([as_shipped.predict(space, p).latency_ms for p in plans],

@@ -214,6 +214,7 @@ def measure_missing(profile: HardwareProfile, space: SearchSpace, on_progress: P
                                                 "call_overhead_ms": overhead,
                                                 "entries": [e.to_dict() for e in merged]})
     checkpoint.remove()
+    merged = _cached_entries(folder / "entries.json")  # as a later run reads them: the same table, the same key
     if on_note:
         on_note(f"measured {len(todo)} layer shapes in {time.perf_counter() - start:.0f} s")
     return replace(profile, entries=merge_entries(profile.entries, merged),
