@@ -290,7 +290,11 @@ def fit_here(profile: HardwareProfile, space: SearchSpace, plans: int = CALIBRAT
     from autoprune.hardware.profiling import fit_calibration, plan_items, plan_point, random_plans
 
     dense = PruningPlan(alignment=profile.alignment)
-    chosen = random_plans(space, plans - 1, 0, profile.alignment)
+    # Random plans cluster at mid sizes (independent per-group ratios average out); a few uniform ones span the
+    # weight sizes, so the memory term's cache size is pinned down where models start to spill.
+    levels = (0.4, 0.55, 0.7, 0.85)[: max(0, plans - 5)]
+    chosen = random_plans(space, plans - 1 - len(levels), 0, profile.alignment)
+    chosen += [PruningPlan.uniform(space.group_names, k, alignment=profile.alignment) for k in levels]
     items = plan_items(space, [dense, *chosen])
     threads = max(profile.threads, 1)
     probe = runner.time_ort(items[0][0], items[0][1], threads, warmup=2, repeats=5)["median_ms"]
@@ -303,9 +307,9 @@ def fit_here(profile: HardwareProfile, space: SearchSpace, plans: int = CALIBRAT
     table = CostModel(replace(profile, calibration={}))
     points = [plan_point(table, space, dense, dense_ms)]
     points += [plan_point(table, space, plan, st["ratio"] * dense_ms) for plan, st in zip(chosen, stats)]
-    source = (f"self-calibrated on this machine ({this_machine().describe()}): dense + {len(chosen)} random plans "
-              f"(seed 0), each timed right after the dense model, {repeats} runs each; points = ratio to the dense "
-              f"runs beside it x the dense median {dense_ms:.4g} ms")
+    source = (f"self-calibrated on this machine ({this_machine().describe()}): dense + {len(chosen) - len(levels)} "
+              f"random plans (seed 0) + {len(levels)} uniform ones, each timed right after the dense model, {repeats} "
+              f"runs each; points = ratio to the dense runs beside it x the dense median {dense_ms:.4g} ms")
     # The table was measured on another machine (or this one at another time): the identity, which a noisy fit
     # may prefer on leave-one-out, would ignore exactly the speed difference this calibration is for.
     calibration = fit_calibration(points, source, runner.last_level_cache_mb(), scaled=True)

@@ -360,7 +360,7 @@ def _loo_mape(features: np.ndarray, y: np.ndarray, form: str) -> float:
 # Shares of the last-level cache tried as the size beyond which weights spill to memory. The whole cache is rarely
 # the answer on a VM: it is shared with other tenants (and on AMD EPYC split between core complexes), and on one
 # 2-core AVX2 VM with a 32 MiB L3 ResNet-18 plans slowed down from about 10 MB of weights on.
-CACHE_SHARES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
+CACHE_SHARES = tuple(k / 16 for k in range(1, 17))
 
 
 def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None = None,
