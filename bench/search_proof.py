@@ -52,7 +52,8 @@ class MacsCost:
                        source="MACs x (dense latency / dense MACs): FLOPs-guided baseline", per_layer=())
 
 
-def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs, baseline_model):
+def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs, baseline_model,
+               limit_ms=None):
     import optuna
 
     from autoprune.search.backends import LocalExecutor
@@ -61,12 +62,13 @@ def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_
     from autoprune.search.store import decode_trials
 
     flops = name == "tpe-macs"
-    strategy = create_strategy("tpe" if flops else name, space, "l1", seed, args.trials, Constraints(),
+    limits = Constraints(max_latency_ms=limit_ms)
+    strategy = create_strategy("tpe" if flops else name, space, "l1", seed, args.trials, limits,
                                macs_costs if flops else costs)
     strategy.attach_baseline(baseline_model)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=strategy.sampler())
     t0 = time.time()
-    optimize(study, strategy, LocalExecutor(flops_evaluator if flops else evaluator), args.trials, Constraints(),
+    optimize(study, strategy, LocalExecutor(flops_evaluator if flops else evaluator), args.trials, limits,
              multi_fidelity=True)
     seconds = time.time() - t0
     from autoprune.plan import PruningPlan
@@ -79,7 +81,7 @@ def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_
         cands.append({"trial": t.number, "plan": plan, "val_accuracy": t.measurement.accuracy,
                       "predicted_ms": costs.latency_ms(plan), "fidelity": t.measurement.fidelity,
                       "finetune_steps": t.measurement.finetune_steps})
-    return {"method": name, "seed": seed, "seconds": round(seconds, 1), "candidates": cands,
+    return {"method": name, "seed": seed, "budget_ms": limit_ms, "seconds": round(seconds, 1), "candidates": cands,
             "finetune_steps": sum(c["finetune_steps"] for c in cands), "loadavg_at_end": _common.loadavg()}
 
 
@@ -136,6 +138,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=60, help="onnxruntime runs per plan (and per dense) per round")
     parser.add_argument("--name", default="search_proof")
+    parser.add_argument("--budgeted", action="store_true",
+                        help="one search per budget with --max-latency-ms at that budget (as a user with a latency "
+                             "budget runs it), instead of one unconstrained search per method and seed")
     parser.add_argument("--phase", choices=("all", "search", "score"), default="all",
                         help="search: run the searches and keep them in results/NAME.runs.json; score: measure, "
                              "fine-tune and score those (e.g. on a quieter machine); all: both")
@@ -187,15 +192,18 @@ def main() -> None:
     state = _common.RESULTS / f"{args.name}.runs.json"
     runs = load_runs(state) if args.phase == "score" else []
     if args.phase != "score":
+        limits = [b * dense_ms for b in args.budgets] if args.budgeted else [None]
         for seed in args.seeds:  # methods interleaved within each seed, so machine drift hits them alike
             for name in args.methods:
                 if name in SEED_FREE and seed != args.seeds[0]:
                     continue
-                run = run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs, baseline)
-                runs.append(run)
-                save_runs(state, runs)  # the search phase's work survives a failure in scoring
-                print(f"{name} seed {seed}: {len(run['candidates'])} candidates in {run['seconds']} s, "
-                      f"load {run['loadavg_at_end']}", flush=True)
+                for limit in limits:
+                    run = run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs,
+                                     baseline, limit)
+                    runs.append(run)
+                    save_runs(state, runs)  # the search phase's work survives a failure in scoring
+                    print(f"{name} seed {seed} limit {limit}: {len(run['candidates'])} candidates in {run['seconds']} s, "
+                          f"load {run['loadavg_at_end']}", flush=True)
         if args.phase == "search":
             print(f"search phase done: {state}; score with --phase score (same arguments)")
             return
@@ -205,6 +213,8 @@ def main() -> None:
     for run in runs:
         run["front"] = front_of(run["candidates"])
         for b in args.budgets:
+            if run.get("budget_ms") is not None and abs(run["budget_ms"] - b * dense_ms) > 1e-9:
+                continue  # a budgeted run answers for its own budget only
             c = pick(run["candidates"], b * dense_ms)
             picks[(run["method"], run["seed"], b)] = c
     to_measure = {}

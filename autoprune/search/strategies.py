@@ -361,7 +361,8 @@ class Strategy(abc.ABC):
 
     def latency_start(self, study: optuna.Study, count: int) -> bool:
         """Enqueue ``count`` plans that spend the pruning where the target's latency is: for latency targets spread
-        between the fastest plan and the dense model, the allocation minimising ``sum_g layers_g * (1 - keep_g)^2``
+        between the fastest plan and the dense model (under a latency limit: up to the limit, the last target at
+        it, where a budgeted search's best plans are), the allocation minimising ``sum_g layers_g * (1 - keep_g)^2``
         (a convex stand-in for accuracy loss, heavier for groups that shape more layers) under the target, by
         greedy steps down the keep grid, each on the group that saves the most predicted latency per unit of that
         penalty (:func:`latency_allocation`). On a CPU where weights beyond the cache dominate, this prunes the
@@ -371,8 +372,10 @@ class Strategy(abc.ABC):
         if count <= 0 or made >= count or self.costs is None:
             return False
         dense = self.costs.latency_ms(self._plan({}))
+        top = min(dense, self.constraints.max_latency_ms or dense)  # under a latency limit, targets up to it
         fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
-        fraction = round((fastest + (dense - fastest) * (made + 1) / (count + 1)) / dense, 6)
+        fraction = round((fastest + (top - fastest) * (made + 1) / count) / dense, 6) if top < dense else \
+            round((fastest + (dense - fastest) * (made + 1) / (count + 1)) / dense, 6)
         ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance)
         if not self._cost_feasible(ratios):
             return False

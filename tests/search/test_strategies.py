@@ -206,3 +206,15 @@ def test_latency_allocation_meets_its_target_and_prunes_where_the_latency_is():
     assert ratios[min(share, key=share.get)] > min(ratios.values())
     fastest = latency_allocation(problem.space, problem, 0.0)  # unreachable: every group at its floor
     assert all(fastest[g.name] == g.min_keep for g in problem.space.groups)
+
+
+def test_under_a_latency_limit_the_targeted_start_plans_reach_up_to_the_limit():
+    problem = SyntheticProblem(groups=8, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    limit = Constraints(max_latency_ms=0.5 * dense)
+    study, _ = _run("tpe", 30, limit, problem=problem)
+    targeted = [t for t in study.trials if "latency_start_fraction" in t.user_attrs]
+    fractions = [t.user_attrs["latency_start_fraction"] for t in targeted]
+    assert len(targeted) == 3 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.5)
+    lat = [t.user_attrs["latency_ms"] for t in targeted]
+    assert max(lat) <= 0.5 * dense and max(lat) > 0.45 * dense  # the last one spends the budget
