@@ -147,6 +147,20 @@ def table_hash(profile: HardwareProfile) -> str:
     return digest.hexdigest()[:12]
 
 
+def model_table_hash(profile: HardwareProfile, space: SearchSpace) -> str:
+    """A key of the part of the table ``space``'s model is priced from (its layer families' entries, alignment,
+    threads): what its calibration depends on. Measuring another model's layers later leaves it unchanged, so
+    that model's calibration stays valid."""
+    from autoprune.hardware.profiling import signature_grid
+
+    families = {s.family for s in signature_grid(space, profile.alignment, "fp32", 2)}
+    digest = hashlib.sha256(f"{profile.alignment} {profile.threads}".encode())
+    for entry in sorted(profile.entries, key=lambda e: e.signature.key()):
+        if entry.signature.family in families:
+            digest.update(f"{entry.signature.key()}={entry.mean_ms:.6g};".encode())
+    return digest.hexdigest()[:12]
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -253,10 +267,10 @@ def self_calibrate(profile: HardwareProfile, space: SearchSpace, on_progress: Pr
     a plan's point is its ratio to the dense runs beside it times the dense model's overall median, so a machine
     that slowed down halfway does not bend the fit. With ``force`` the cache is ignored and rewritten. The cache
     file lives in ``folder`` (default: :func:`cache_dir` of ``profile``) and is named after the model and the
-    table it was fitted on (lazily measured entries included).
+    part of the table it is priced from (:func:`model_table_hash`; lazily measured entries included).
     """
     key = precision_key(model_key(space.model, space.input_shape), "fp32")
-    path = (folder or cache_dir(profile)) / f"calibration-{_safe(key)}-{table_hash(profile)}.json"
+    path = (folder or cache_dir(profile)) / f"calibration-{_safe(key)}-{model_table_hash(profile, space)}.json"
     cached = None if force else _read_json(path)
     if cached:
         calibration = Calibration(**cached["calibration"])

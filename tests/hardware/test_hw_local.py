@@ -139,3 +139,16 @@ def test_the_memory_term_finds_the_cache_share_where_models_slow_down():
     calibration = fit_calibration(points, "synthetic", cache_mb=32.0)
     assert calibration.cache_mb == pytest.approx(8.0) and calibration.spill_ms_per_mb == pytest.approx(0.08, rel=0.05)
     assert "beyond 8 MB" in calibration.source
+
+
+def test_measuring_another_models_layers_keeps_this_models_calibration_key(resnet_space, tiny_space):
+    profile = table_profile(resnet_space, name="key-test")
+    with_tiny = table_profile(tiny_space, name="key-test")
+    used = {e.signature.family for e in profile.entries}
+    # tiny's conv layers (at 12x12) are families ResNet-18 at 32x32 never uses; its classifier's would be one it does
+    others = tuple(e for e in with_tiny.entries if e.signature.family not in used)
+    assert others
+    both = dataclasses.replace(profile, entries=profile.entries + others)
+    assert local.table_hash(both) != local.table_hash(profile)
+    assert local.model_table_hash(both, resnet_space) == local.model_table_hash(profile, resnet_space)
+    assert local.model_table_hash(both, tiny_space) != local.model_table_hash(profile, tiny_space)
