@@ -15,3 +15,4 @@ $PY bench/ray_scaling.py --trials 8 --finetune-steps 30 --workers 1 2
 $PY bench/headline.py --strategy tpe --trials 12 --epochs 3
 $PY bench/search_quality.py --trials 30 --seeds 0 1 2 --finetune-steps 30
 $PY bench/search_quality.py --trials 30 --seeds 0 1 2 --finetune-steps 0 --name search_quality_proxy
+$PY bench/search_proof.py --trials 12 --seeds 0 1 2 --methods uniform tp-global tpe tpe-macs --budgets 0.35 0.5 --final-epochs 1
