@@ -56,8 +56,10 @@ class LayerSpec:
 
     For linear layers ``in_h`` is the number of rows per sample (tokens) and ``in_w`` is 1. ``out_unit`` /
     ``in_unit`` are the block sizes of the groups (attention heads), and ``out_factor`` how many times the
-    output group repeats in the output (3 for a fused q/k/v projection). ``in_groups`` lists every group
-    concatenated into the input (GoogLeNet, DenseNet); ``in_group`` is the first of them.
+    output group repeats in the output (3 for a fused q/k/v projection), ``in_factor`` how many input features
+    each channel of the input group feeds (the spatial positions a flatten unrolls: 36 for AlexNet's first
+    classifier layer). ``in_groups`` lists every group concatenated into the input (GoogLeNet, DenseNet);
+    ``in_group`` is the first of them.
     """
 
     name: str
@@ -78,6 +80,7 @@ class LayerSpec:
     in_groups: tuple[str, ...] = ()
     out_interleave: int = 1
     in_interleave: int = 1
+    in_factor: int = 1
 
     @property
     def depthwise(self) -> bool:
@@ -96,7 +99,10 @@ class LayerSpec:
                 for g in self.in_groups
             )
         else:
-            cin = _kept(self.in_group, self.in_channels, plan, group_channels, self.in_unit, self.in_interleave)
+            cin = self.in_factor * _kept(
+                self.in_group, self.in_channels // self.in_factor, plan, group_channels, self.in_unit,
+                self.in_interleave,
+            )
         if self.depthwise:
             return cout, cout, cout
         groups = self.groups if self.groups == 1 else math.gcd(self.groups, math.gcd(cin, cout))
@@ -307,11 +313,12 @@ def generate_space(
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
     qkv_names = {names[m] for m in attention}
-    layers, pools = _trace_layers(model, example, out_group, in_group, qkv_names)
+    channels = {g.name: g.channels for g in groups}
+    layers, pools = _trace_layers(model, example, out_group, in_group, qkv_names, channels)
     return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers), tuple(pools))
 
 
-def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()
+def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset(), channels=None
                   ) -> tuple[list[LayerSpec], list[LayerSpec]]:
     """(conv/linear layers, pooling layers) of ``model`` with their input shapes and groups."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -362,10 +369,19 @@ def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()
             layers.append(
                 LayerSpec(
                     name, "linear", module.in_features, module.out_features, 1, 1, 0, 1, rows, 1, **links,
-                    out_factor=factor,
+                    out_factor=factor, in_factor=_flatten_factor(module.in_features, links["in_groups"], channels),
                 )
             )
     return layers, _pool_layers(modules, shapes, calls, {layer.name: layer for layer in layers})
+
+
+def _flatten_factor(features: int, in_groups: tuple[str, ...], channels: dict[str, int] | None) -> int:
+    """How many input features of a linear layer each channel of its one input group feeds: the spatial
+    positions a flatten unrolls (VGG: 7 x 7), else 1."""
+    if len(in_groups) != 1 or not channels:
+        return 1
+    group = channels[in_groups[0]]
+    return features // group if features > group and features % group == 0 else 1
 
 
 def _pool_layers(modules, shapes, calls, by_name: dict[str, LayerSpec]) -> list[LayerSpec]:

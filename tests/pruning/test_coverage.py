@@ -84,3 +84,16 @@ def test_vit_space_counts_heads_and_mlp_units():
     assert (qkv.in_h, qkv.out_factor) == (5, 3)  # 2x2 patches + the class token; fused q, k, v
     plan = PruningPlan(keep_ratios={head.name: 0.3})  # 3.6 heads -> 4 heads
     assert qkv.pruned_shape(plan, space.group_channels()) == (768, 3 * 4 * 64, 1)
+
+
+def test_flattened_conv_channels_scale_the_linear_input():
+    """AlexNet/VGG shape: a conv's channels unrolled by a flatten (3 x 3 positions each) into a linear layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(144, 32),
+                          nn.ReLU(), nn.Linear(32, 10)).eval()
+    space = generate_space(model, "tiny", SHAPE)
+    fc = next(layer for layer in space.layers if layer.name == "4")
+    assert (fc.in_group, fc.in_factor, fc.in_channels) == ("0", 9, 144)
+    plan = PruningPlan.uniform(space.group_names, 0.5)
+    apply_plan(model, plan, torch.zeros(SHAPE))
+    assert fc.pruned_shape(plan, space.group_channels()) == (72, 16, 1) == _layer_shape(model[4])
