@@ -74,7 +74,7 @@ def _from_weights_file(name: str, path: Path) -> nn.Module:
     head = state.get(f"{head_name}.weight")
     if head is None:
         raise UserError(f"weights file {str(path)!r} has no {head_name}.weight: is it for {name}?")
-    model = _build(name, num_classes=int(head.shape[0])) if head.shape[0] != classifier(probe).out_features else probe
+    model = _build(name, num_classes=int(head.shape[0])) if head.shape[0] != num_outputs(classifier(probe)) else probe
     _check_state_dict(model, state, path)
     model.load_state_dict(state)
     return model
@@ -99,24 +99,41 @@ def _build(name: str, **kwargs) -> nn.Module:
 
 
 def classifier(model: nn.Module) -> nn.Module:
-    """The final ``nn.Linear`` of a model: its output size is never pruned."""
-    last = None
+    """The output layer of a model, whose output size is never pruned: the last ``nn.Linear``, or where there
+    is none the last ``nn.Conv2d`` (SqueezeNet classifies with a 1x1 convolution before its global pool)."""
+    last_linear = last_conv = None
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            last = module
-    if last is None:
-        raise UserError(f"{type(model).__name__} has no nn.Linear classifier; autoprune needs one")
-    return last
+            last_linear = module
+        elif isinstance(module, nn.Conv2d):
+            last_conv = module
+    head = last_linear if last_linear is not None else last_conv
+    if head is None:
+        raise UserError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d classifier; autoprune needs one")
+    return head
+
+
+def num_outputs(head: nn.Module) -> int:
+    """The classes a classifier layer (``nn.Linear`` or ``nn.Conv2d``) outputs."""
+    return head.out_features if isinstance(head, nn.Linear) else head.out_channels
+
+
+def _fresh_head(head: nn.Module, num_classes: int) -> nn.Module:
+    """A new, randomly initialised classifier layer like ``head`` with ``num_classes`` outputs."""
+    bias = head.bias is not None
+    if isinstance(head, nn.Linear):
+        return nn.Linear(head.in_features, num_classes, bias=bias)
+    return nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride, head.padding, bias=bias)
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:
     head = classifier(model)
-    if head.out_features == num_classes:
+    if num_outputs(head) == num_classes:
         return
     for name, module in model.named_modules():
         for child_name, child in module.named_children():
             if child is head:
-                setattr(module, child_name, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+                setattr(module, child_name, _fresh_head(head, num_classes))
                 return
 
 
