@@ -28,6 +28,13 @@ from autoprune.errors import UserError
 from autoprune.models import classifier
 from autoprune.plan import PruningPlan, kept_channels
 from autoprune.pruning.attention import HeadAttention, convert_attention
+from autoprune.pruning.opaque import (
+    convert_shuffles,
+    needs_conversion,
+    opaque_pruners,
+    reaches_opaque,
+    traced_as_leaves,
+)
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # Pooling layers are not pruned, but their cost follows the channels of the group that feeds them, so the
@@ -210,13 +217,17 @@ def _load_space_file(path: Path) -> dict:
 
 
 def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
-    """Torch-Pruning's dependency graph and a generator of its prunable groups (classifier output excluded).
+    """Torch-Pruning's dependency graph and a generator of its prunable groups (classifier output excluded,
+    and every group that reaches a block :mod:`autoprune.pruning.opaque` keeps whole).
 
     The generator is lazy: pruning one group before asking for the next keeps concat/split offsets valid.
     """
     name = type(model).__name__
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with traced_as_leaves(model):
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, customized_pruners=opaque_pruners(model) or None
+            )
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure while tracing is the model's, reported as such
@@ -229,7 +240,7 @@ def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
         ) from err
     _check_traced(model, graph, name)
     groups = graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=PRUNABLE_TYPES)
-    return graph, groups
+    return graph, (group for group in groups if not reaches_opaque(group))
 
 
 def _check_traced(model: nn.Module, graph, name: str) -> None:
@@ -282,10 +293,11 @@ def generate_space(
     """Discover the coupled groups of ``model`` and the layers they shape, at ``input_shape`` (N, C, H, W).
 
     Models with ``nn.MultiheadAttention`` are analysed on a copy converted to :class:`HeadAttention` (the form
-    :func:`apply_plan` prunes), so attention groups are named after their ``qkv`` layer and count heads.
+    :func:`apply_plan` prunes), so attention groups are named after their ``qkv`` layer and count heads;
+    ShuffleNetV2 on a copy with its shuffles as modules (:func:`~autoprune.pruning.opaque.convert_shuffles`).
     """
-    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-        model = convert_attention(copy.deepcopy(model))
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or needs_conversion(model):
+        model = convert_shuffles(convert_attention(copy.deepcopy(model)))
     model = model.eval()
     example = torch.zeros(input_shape)
     names = {m: n for n, m in model.named_modules()}
