@@ -68,8 +68,8 @@ def weights_identity(weights: str | None) -> str:
 
 def _from_weights_file(name: str, path: Path) -> nn.Module:
     """``name`` with the weights of a local state dict, built with as many classes as the file's classifier."""
-    state = _unwrap_state_dict(_read_weights(path), path, "weights file")
     probe = _build(name)
+    state = _without_aux_heads(_unwrap_state_dict(_read_weights(path), path, "weights file"), probe)
     head_name = next(n for n, m in probe.named_modules() if m is classifier(probe))
     head = state.get(f"{head_name}.weight")
     if head is None:
@@ -80,9 +80,20 @@ def _from_weights_file(name: str, path: Path) -> nn.Module:
     return model
 
 
+AUX_HEADS = ("AuxLogits", "aux1", "aux2")  # Inception-v3's and GoogLeNet's auxiliary classifiers
+
+
+def _without_aux_heads(state: dict, model: nn.Module) -> dict:
+    """``state`` without the tensors of auxiliary heads ``model`` is built without: torchvision's own
+    Inception-v3 and GoogLeNet weight files carry them, and autoprune never builds them (see :func:`_build`)."""
+    dropped = tuple(f"{head}." for head in AUX_HEADS if hasattr(model, head) and getattr(model, head) is None)
+    return {key: value for key, value in state.items() if not key.startswith(dropped)} if dropped else state
+
+
 def _build(name: str, **kwargs) -> nn.Module:
     if name.startswith(("inception", "googlenet")):
-        # Auxiliary heads only matter for ImageNet training from scratch; they break tracing.
+        # Auxiliary heads only matter for ImageNet training from scratch; they break tracing, and a pruned model
+        # would have to keep them consistent for nothing: they are not built (their weights are dropped).
         kwargs.setdefault("aux_logits", False)
         if "weights" not in kwargs:
             kwargs.setdefault("init_weights", True)

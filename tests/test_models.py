@@ -27,6 +27,15 @@ def test_squeezenet_conv_classifier_is_resized_from_a_weights_file(tmp_path):
     assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
 
 
+def test_weights_file_with_auxiliary_heads_loads_without_them(tmp_path):
+    from torchvision.models import googlenet
+
+    torch.save(googlenet(aux_logits=True, init_weights=False).state_dict(), tmp_path / "g.pth")  # as torchvision ships
+    model = create_model("googlenet", 10, weights=str(tmp_path / "g.pth"))
+    assert model.aux1 is None and model.aux2 is None
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
 def test_unknown_model_suggests_close_match():
     with pytest.raises(UserError, match="did you mean 'resnet18'"):
         create_model("resnet81", 10)
