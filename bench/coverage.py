@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="input size for every model (default: the smallest that runs)")
     parser.add_argument("--name", default="coverage", help="results file name under bench/results/")
     parser.add_argument("--resume", action="store_true", help="keep the models already in the results file")
+    parser.add_argument("--merge", nargs="+", default=[], help="also keep the models recorded under these names "
+                        "(runs split over several processes)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one model, JSON on stdout
     args = parser.parse_args()
     if args.one:
@@ -174,6 +176,8 @@ def main() -> None:
     env = _common.environment()
     load = _common.LoadSampler()
     previous = _previous(args.name) if args.resume else {}
+    for other in args.merge:
+        previous.update(_previous(other))
     records = []
     for name in args.models or available_models():
         if name in previous:

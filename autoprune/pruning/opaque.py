@@ -147,7 +147,8 @@ def _leaf_forward(module: nn.Module, forward, x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def traced_as_leaves(model: nn.Module) -> Iterator[None]:
-    """Within the block, every opaque block of ``model`` runs as a single autograd node (same output)."""
+    """Inside the ``with`` statement, every opaque block of ``model`` runs as a single autograd node (same
+    output); afterwards each runs its own forward again."""
     blocks = [m for m in model.modules() if isinstance(m, OPAQUE_TYPES)]
     for block in blocks:
         block.forward = partial(_leaf_forward, block, type(block).forward)  # shadows the class's forward
