@@ -235,8 +235,8 @@ def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
         raise UserError(
             f"Torch-Pruning cannot build the dependency graph of {name}: tracing it on an input of shape "
             f"{tuple(example_inputs.shape)} fails in {frame.name}() ({err.__class__.__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no message'}); check --input-shape, or make the "
-            "forward run on that input"
+            f"{str(err).splitlines()[0] if str(err) else 'no message'}); check --input-shape (`autoprune "
+            "models` lists each model's smallest input), or make the forward run on that input"
         ) from err
     _check_traced(model, graph, name)
     groups = graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=PRUNABLE_TYPES)
