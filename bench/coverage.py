@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -129,14 +130,19 @@ def run_one(name: str, args) -> dict:
     return record
 
 
-def markdown(records: list[dict], args, load: dict) -> str:
+def markdown(records: list[dict], args, load: dict, runs: dict) -> str:
     ok = [r for r in records if r.get("ok")]
+    load_text = (f"Load: {_common.load_sentence(load['mean'])}." if not runs else
+                 "The list was split over runs in parallel processes, each with its own load (1-minute load "
+                 f"average, {os.cpu_count()} cores shared with other jobs: timings are pessimistic):")
     lines = [
         f"{len(ok)} of {len(records)} listed models prune every width group by {args.ratio} (uniform), run, "
         f"and export to ONNX with onnxruntime equal to PyTorch (rtol {RTOL}, atol {ATOL_SCALE} x max |logit|), "
         "then take 2:4 N:M; each at the smallest input size it runs on (`autoprune models`, min input; random "
-        f"init, {NUM_CLASSES} classes), one process per model, timeout {args.timeout} s. "
-        f"Load: {_common.load_sentence(load['mean'])}.",
+        f"init, {NUM_CLASSES} classes), one process per model, timeout {args.timeout} s. " + load_text,
+        "",
+        *(f"- run `{name}` ({run['models']} models, started {run['started_utc']} UTC, mean load "
+          f"{run['load_average']['mean']}): `{run['command']}`." for name, run in runs.items()),
         "",
         "| model | input | groups | heads | params dense -> pruned (M) | passed | seconds (space / prune / onnx) "
         "| result |",
@@ -176,8 +182,12 @@ def main() -> None:
     env = _common.environment()
     load = _common.LoadSampler()
     previous = _previous(args.name) if args.resume else {}
+    runs = {}  # the load and command of each run merged in
     for other in args.merge:
         previous.update(_previous(other))
+        data = json.loads((_common.RESULTS / f"{other}.json").read_text())
+        runs[other] = {"command": data["environment"]["command"], "load_average": data["load_average"],
+                       "started_utc": data["environment"]["started_utc"], "models": data["total"]}
     records = []
     for name in args.models or available_models():
         if name in previous:
@@ -186,8 +196,8 @@ def main() -> None:
         records.append(run_one(name, args))
         r = records[-1]
         print(f"{name}: {'ok' if r.get('ok') else r.get('error')} ({r['wall_seconds']} s)", flush=True)
-        _save(args, env, load, started, records)
-    _save(args, env, load, started, records)
+        _save(args, env, load, started, records, runs)
+    _save(args, env, load, started, records, runs)
 
 
 def _previous(name: str) -> dict[str, dict]:
@@ -195,7 +205,7 @@ def _previous(name: str) -> dict[str, dict]:
     return {r["model"]: r for r in json.loads(path.read_text())["models"]} if path.is_file() else {}
 
 
-def _save(args, env: dict, load, started: float, records: list[dict]) -> None:
+def _save(args, env: dict, load, started: float, records: list[dict], runs: dict) -> None:
     """Write the results so far (the load summary covers the run up to now)."""
     samples = list(load.samples)  # not load.summary(): that stops the sampler, and the run goes on
     summary = {"min": round(min(samples), 2), "mean": round(sum(samples) / len(samples), 2),
@@ -204,8 +214,9 @@ def _save(args, env: dict, load, started: float, records: list[dict]) -> None:
         "environment": env, "load_average": summary, "wall_seconds": round(time.time() - started, 1),
         "ratio": args.ratio, "timeout_s": args.timeout,
         "passed": sum(1 for r in records if r.get("ok")), "total": len(records), "models": records,
+        "merged_runs": runs,
     }
-    _common.write(args.name, data, markdown(records, args, summary))
+    _common.write(args.name, data, markdown(records, args, summary, runs))
 
 
 if __name__ == "__main__":
