@@ -171,6 +171,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the models already in the results file")
     parser.add_argument("--merge", nargs="+", default=[], help="also keep the models recorded under these names "
                         "(runs split over several processes)")
+    parser.add_argument("--merge-only", action="store_true", help="run nothing: a model no run recorded is "
+                        "listed as not run")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one model, JSON on stdout
     args = parser.parse_args()
     if args.one:
@@ -192,6 +194,9 @@ def main() -> None:
     for name in args.models or available_models():
         if name in previous:
             records.append(previous[name])
+            continue
+        if args.merge_only:
+            records.append({"model": name, "ok": False, "error": "not run: the runs ran out of time"})
             continue
         records.append(run_one(name, args))
         r = records[-1]
