@@ -68,21 +68,32 @@ def weights_identity(weights: str | None) -> str:
 
 def _from_weights_file(name: str, path: Path) -> nn.Module:
     """``name`` with the weights of a local state dict, built with as many classes as the file's classifier."""
-    state = _unwrap_state_dict(_read_weights(path), path, "weights file")
     probe = _build(name)
+    state = _without_aux_heads(_unwrap_state_dict(_read_weights(path), path, "weights file"), probe)
     head_name = next(n for n, m in probe.named_modules() if m is classifier(probe))
     head = state.get(f"{head_name}.weight")
     if head is None:
         raise UserError(f"weights file {str(path)!r} has no {head_name}.weight: is it for {name}?")
-    model = _build(name, num_classes=int(head.shape[0])) if head.shape[0] != classifier(probe).out_features else probe
+    model = _build(name, num_classes=int(head.shape[0])) if head.shape[0] != num_outputs(classifier(probe)) else probe
     _check_state_dict(model, state, path)
     model.load_state_dict(state)
     return model
 
 
+AUX_HEADS = ("AuxLogits", "aux1", "aux2")  # Inception-v3's and GoogLeNet's auxiliary classifiers
+
+
+def _without_aux_heads(state: dict, model: nn.Module) -> dict:
+    """``state`` without the tensors of auxiliary heads ``model`` is built without: torchvision's own
+    Inception-v3 and GoogLeNet weight files carry them, and autoprune never builds them (see :func:`_build`)."""
+    dropped = tuple(f"{head}." for head in AUX_HEADS if hasattr(model, head) and getattr(model, head) is None)
+    return {key: value for key, value in state.items() if not key.startswith(dropped)} if dropped else state
+
+
 def _build(name: str, **kwargs) -> nn.Module:
     if name.startswith(("inception", "googlenet")):
-        # Auxiliary heads only matter for ImageNet training from scratch; they break tracing.
+        # Auxiliary heads only matter for ImageNet training from scratch; they break tracing, and a pruned model
+        # would have to keep them consistent for nothing: they are not built (their weights are dropped).
         kwargs.setdefault("aux_logits", False)
         if "weights" not in kwargs:
             kwargs.setdefault("init_weights", True)
@@ -99,24 +110,41 @@ def _build(name: str, **kwargs) -> nn.Module:
 
 
 def classifier(model: nn.Module) -> nn.Module:
-    """The final ``nn.Linear`` of a model: its output size is never pruned."""
-    last = None
+    """The output layer of a model, whose output size is never pruned: the last ``nn.Linear``, or where there
+    is none the last ``nn.Conv2d`` (SqueezeNet classifies with a 1x1 convolution before its global pool)."""
+    last_linear = last_conv = None
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            last = module
-    if last is None:
-        raise UserError(f"{type(model).__name__} has no nn.Linear classifier; autoprune needs one")
-    return last
+            last_linear = module
+        elif isinstance(module, nn.Conv2d):
+            last_conv = module
+    head = last_linear if last_linear is not None else last_conv
+    if head is None:
+        raise UserError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d classifier; autoprune needs one")
+    return head
+
+
+def num_outputs(head: nn.Module) -> int:
+    """The classes a classifier layer (``nn.Linear`` or ``nn.Conv2d``) outputs."""
+    return head.out_features if isinstance(head, nn.Linear) else head.out_channels
+
+
+def _fresh_head(head: nn.Module, num_classes: int) -> nn.Module:
+    """A new, randomly initialised classifier layer like ``head`` with ``num_classes`` outputs."""
+    bias = head.bias is not None
+    if isinstance(head, nn.Linear):
+        return nn.Linear(head.in_features, num_classes, bias=bias)
+    return nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride, head.padding, bias=bias)
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:
     head = classifier(model)
-    if head.out_features == num_classes:
+    if num_outputs(head) == num_classes:
         return
     for name, module in model.named_modules():
         for child_name, child in module.named_children():
             if child is head:
-                setattr(module, child_name, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+                setattr(module, child_name, _fresh_head(head, num_classes))
                 return
 
 

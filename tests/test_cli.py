@@ -166,8 +166,14 @@ def test_debug_variable_shows_traceback(monkeypatch):
 def test_models_command_lists_torchvision_models(capsys):
     code, out, _ = run_cli(capsys, "models", "--json")
     assert code == 0
-    names = json.loads(out)
-    assert "resnet18" in names and "vit_b_16" in names
+    records = {r["name"]: r for r in json.loads(out)}
+    assert "resnet18" in records and "vit_b_16" in records
+    assert records["vit_b_16"]["heads"] and records["vit_b_16"]["min_input"] == 224
+    assert not records["swin_t"]["heads"] and "kept whole" in records["swin_t"]["note"]
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    row = next(line.split() for line in out.splitlines() if line.startswith("vit_b_16 "))
+    assert row[:6] == ["vit_b_16", "yes", "yes", "yes", "?", "224"]  # width, heads, N:M, depth unknown, min input
 
 
 def test_checkpoint_is_used_instead_of_training(tmp_path, capsys):

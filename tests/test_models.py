@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from autoprune.errors import UserError
-from autoprune.models import available_models, classifier, create_model, load_checkpoint
+from autoprune.models import available_models, classifier, create_model, load_checkpoint, num_outputs
 
 
 def test_registry_lists_classification_models():
@@ -16,6 +16,24 @@ def test_num_classes_sets_the_classifier():
     model = create_model("mobilenet_v3_small", num_classes=7)
     assert classifier(model).out_features == 7
     assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_squeezenet_conv_classifier_is_resized_from_a_weights_file(tmp_path):
+    torch.save(create_model("squeezenet1_1", 1000).state_dict(), tmp_path / "sq.pth")
+    model = create_model("squeezenet1_1", 10, weights=str(tmp_path / "sq.pth"))
+    head = classifier(model)
+    assert isinstance(head, torch.nn.Conv2d) and head is model.classifier[1]  # its 1x1 conv, not the last fire conv
+    assert num_outputs(head) == 10 and head.in_channels == 512
+    assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_weights_file_with_auxiliary_heads_loads_without_them(tmp_path):
+    from torchvision.models import googlenet
+
+    torch.save(googlenet(aux_logits=True, init_weights=False).state_dict(), tmp_path / "g.pth")  # as torchvision ships
+    model = create_model("googlenet", 10, weights=str(tmp_path / "g.pth"))
+    assert model.aux1 is None and model.aux2 is None
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_unknown_model_suggests_close_match():

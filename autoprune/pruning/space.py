@@ -28,6 +28,13 @@ from autoprune.errors import UserError
 from autoprune.models import classifier
 from autoprune.plan import PruningPlan, kept_channels
 from autoprune.pruning.attention import HeadAttention, convert_attention
+from autoprune.pruning.opaque import (
+    convert_shuffles,
+    needs_conversion,
+    opaque_pruners,
+    reaches_opaque,
+    traced_as_leaves,
+)
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # Pooling layers are not pruned, but their cost follows the channels of the group that feeds them, so the
@@ -56,8 +63,10 @@ class LayerSpec:
 
     For linear layers ``in_h`` is the number of rows per sample (tokens) and ``in_w`` is 1. ``out_unit`` /
     ``in_unit`` are the block sizes of the groups (attention heads), and ``out_factor`` how many times the
-    output group repeats in the output (3 for a fused q/k/v projection). ``in_groups`` lists every group
-    concatenated into the input (GoogLeNet, DenseNet); ``in_group`` is the first of them.
+    output group repeats in the output (3 for a fused q/k/v projection), ``in_factor`` how many input features
+    each channel of the input group feeds (the spatial positions a flatten unrolls: 36 for AlexNet's first
+    classifier layer). ``in_groups`` lists every group concatenated into the input (GoogLeNet, DenseNet);
+    ``in_group`` is the first of them.
     """
 
     name: str
@@ -78,6 +87,7 @@ class LayerSpec:
     in_groups: tuple[str, ...] = ()
     out_interleave: int = 1
     in_interleave: int = 1
+    in_factor: int = 1
 
     @property
     def depthwise(self) -> bool:
@@ -96,7 +106,10 @@ class LayerSpec:
                 for g in self.in_groups
             )
         else:
-            cin = _kept(self.in_group, self.in_channels, plan, group_channels, self.in_unit, self.in_interleave)
+            cin = self.in_factor * _kept(
+                self.in_group, self.in_channels // self.in_factor, plan, group_channels, self.in_unit,
+                self.in_interleave,
+            )
         if self.depthwise:
             return cout, cout, cout
         groups = self.groups if self.groups == 1 else math.gcd(self.groups, math.gcd(cin, cout))
@@ -204,13 +217,17 @@ def _load_space_file(path: Path) -> dict:
 
 
 def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
-    """Torch-Pruning's dependency graph and a generator of its prunable groups (classifier output excluded).
+    """Torch-Pruning's dependency graph and a generator of its prunable groups (classifier output excluded,
+    and every group that reaches a block :mod:`autoprune.pruning.opaque` keeps whole).
 
     The generator is lazy: pruning one group before asking for the next keeps concat/split offsets valid.
     """
     name = type(model).__name__
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with traced_as_leaves(model):
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, customized_pruners=opaque_pruners(model) or None
+            )
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure while tracing is the model's, reported as such
@@ -218,12 +235,12 @@ def dependency_groups(model: nn.Module, example_inputs: torch.Tensor):
         raise UserError(
             f"Torch-Pruning cannot build the dependency graph of {name}: tracing it on an input of shape "
             f"{tuple(example_inputs.shape)} fails in {frame.name}() ({err.__class__.__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no message'}); check --input-shape, or make the "
-            "forward run on that input"
+            f"{str(err).splitlines()[0] if str(err) else 'no message'}); check --input-shape (`autoprune "
+            "models` lists each model's smallest input), or make the forward run on that input"
         ) from err
     _check_traced(model, graph, name)
     groups = graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=PRUNABLE_TYPES)
-    return graph, groups
+    return graph, (group for group in groups if not reaches_opaque(group))
 
 
 def _check_traced(model: nn.Module, graph, name: str) -> None:
@@ -276,10 +293,11 @@ def generate_space(
     """Discover the coupled groups of ``model`` and the layers they shape, at ``input_shape`` (N, C, H, W).
 
     Models with ``nn.MultiheadAttention`` are analysed on a copy converted to :class:`HeadAttention` (the form
-    :func:`apply_plan` prunes), so attention groups are named after their ``qkv`` layer and count heads.
+    :func:`apply_plan` prunes), so attention groups are named after their ``qkv`` layer and count heads;
+    ShuffleNetV2 on a copy with its shuffles as modules (:func:`~autoprune.pruning.opaque.convert_shuffles`).
     """
-    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-        model = convert_attention(copy.deepcopy(model))
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or needs_conversion(model):
+        model = convert_shuffles(convert_attention(copy.deepcopy(model)))
     model = model.eval()
     example = torch.zeros(input_shape)
     names = {m: n for n, m in model.named_modules()}
@@ -307,11 +325,12 @@ def generate_space(
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
     qkv_names = {names[m] for m in attention}
-    layers, pools = _trace_layers(model, example, out_group, in_group, qkv_names)
+    channels = {g.name: g.channels for g in groups}
+    layers, pools = _trace_layers(model, example, out_group, in_group, qkv_names, channels)
     return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers), tuple(pools))
 
 
-def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()
+def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset(), channels=None
                   ) -> tuple[list[LayerSpec], list[LayerSpec]]:
     """(conv/linear layers, pooling layers) of ``model`` with their input shapes and groups."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -362,10 +381,19 @@ def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset()
             layers.append(
                 LayerSpec(
                     name, "linear", module.in_features, module.out_features, 1, 1, 0, 1, rows, 1, **links,
-                    out_factor=factor,
+                    out_factor=factor, in_factor=_flatten_factor(module.in_features, links["in_groups"], channels),
                 )
             )
     return layers, _pool_layers(modules, shapes, calls, {layer.name: layer for layer in layers})
+
+
+def _flatten_factor(features: int, in_groups: tuple[str, ...], channels: dict[str, int] | None) -> int:
+    """How many input features of a linear layer each channel of its one input group feeds: the spatial
+    positions a flatten unrolls (VGG: 7 x 7), else 1."""
+    if len(in_groups) != 1 or not channels:
+        return 1
+    group = channels[in_groups[0]]
+    return features // group if features > group and features % group == 0 else 1
 
 
 def _pool_layers(modules, shapes, calls, by_name: dict[str, LayerSpec]) -> list[LayerSpec]:

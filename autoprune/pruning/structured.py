@@ -16,6 +16,7 @@ from autoprune.pruning.importance import (
     make_importance,
     prepare_gradients,
 )
+from autoprune.pruning.opaque import convert_shuffles
 from autoprune.pruning.space import conv_interleave, dependency_groups, group_layers
 
 
@@ -31,11 +32,12 @@ def apply_plan(
     Channels are ranked by ``plan.importance`` within each coupled group, and the lowest-ranked are removed
     so that ``plan.kept_channels(group)`` remain; attention groups lose whole heads. Gradient criteria run
     the ``calibration`` batches first. ``nn.MultiheadAttention`` blocks are replaced by equivalent
-    :class:`HeadAttention` blocks. The same model, plan and seed always give the same result.
+    :class:`HeadAttention` blocks, ShuffleNetV2 units by :class:`~autoprune.pruning.opaque.ShuffleUnit`. The same model, plan and seed always give the same result.
     Only the structured part of the plan is applied here; see :func:`autoprune.pruning.prune` for all of it.
     """
     importance = make_importance(plan.importance)
     convert_attention(model)
+    convert_shuffles(model)
     if not plan.is_structured:
         return model
     with torch.random.fork_rng(devices=[]):
