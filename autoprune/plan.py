@@ -153,6 +153,11 @@ class PruningPlan:
         )
 
 
+def inside(layer: str, blocks: Iterable[str]) -> bool:
+    """Whether module path ``layer`` is one of ``blocks`` or lies inside one (``layer3.1.conv1`` in ``layer3.1``)."""
+    return any(layer == b or layer.startswith(b + ".") for b in blocks)
+
+
 def _block_names(blocks: Any) -> tuple[str, ...]:
     """``blocks`` as a sorted tuple of distinct module paths; anything else is a user error."""
     if isinstance(blocks, str) or not isinstance(blocks, Iterable):

@@ -24,6 +24,7 @@ import torch.fx
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.plan import inside
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 
@@ -110,11 +111,6 @@ def droppable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str
     modules = dict(model.named_modules())
     return [name for name in modules if name in shapes and shapes[name][0] == shapes[name][1]
             and is_residual(modules[name])]
-
-
-def inside(layer: str, blocks: Iterable[str]) -> bool:
-    """Whether module ``layer`` is one of ``blocks`` or lies inside one."""
-    return any(layer == b or layer.startswith(b + ".") for b in blocks)
 
 
 def outermost(blocks: Iterable[str]) -> list[str]:
