@@ -22,9 +22,11 @@ so the policy keeps being pulled toward the best plans. Its actions and noise sc
 recorded episodes.
 
 Depth (``--depth``): an episode first walks the space's droppable blocks in network order, one step each, and
-drops a block when its action is positive (the squashed action above one half); then it walks the groups as
-above, with the budget bounds computed on the shallower model (a dropped block's groups are skipped). Dropping
-only lowers latency, so the bounded width steps keep every plan within the budget. Block steps share the policy
+drops a block when its action is positive (the squashed action above one half), or when keeping it would leave
+the budget out of reach even with every later block dropped and every group at its ``min_keep`` (the same bound
+as the width steps'); then it walks the groups as above, with the budget bounds computed on the shallower model
+(a dropped block's groups are ignored). So every plan meets the budget whenever the fastest plan (every block
+dropped, every group at its minimum) does, including budgets no width-only plan meets. Block steps share the policy
 with width steps; the last state feature tells them apart, and their other features describe the block (its
 position, its share of the FLOPs and of the FLOPs after it).
 """
@@ -212,11 +214,14 @@ class RLStrategy(Strategy):
         fraction = budget_ms / max(self.dense_ms, 1e-12)
         for k, (block, features) in enumerate(zip(blocks, self._block_features(blocks))):
             used = self._latency(self._with_drops(ratios, tuple(drops))) / budget_ms
-            state = features + [used, prev, fraction, 1.0, 1.0]
+            # bounded like the width steps: keep the block only if the budget can still be met with every later
+            # block dropped and every group at its min_keep
+            can_keep = self._fits(ratios, budget_ms, (*drops, *blocks[k + 1:]))
+            state = features + [used, prev, fraction, 1.0 if can_keep else 0.0, 1.0]
             states.append(state)
             u = self._act(state, None if actions is None else actions[k], generator, sigma)
             raw.append(u)
-            if u > 0:
+            if u > 0 or not can_keep:
                 drops.append(block)
             prev = 1.0 / (1.0 + math.exp(-u))
         dropped = tuple(drops)
@@ -240,7 +245,11 @@ class RLStrategy(Strategy):
             return self.constraints.max_latency_ms
         warmup = min(self.warmup, self.trials // 4)
         u = episode / warmup if 0 <= episode < warmup else float(torch.rand((), generator=generator))
-        return self.fastest_ms + u * (self.dense_ms - self.fastest_ms)
+        fastest = self.fastest_ms
+        if self.depth_blocks():  # the fastest plan drops every droppable block too
+            fastest = self._latency(replace(extreme_plan(self.space, self.importance, "min"),
+                                            drop_blocks=tuple(self.depth_blocks())))
+        return fastest + u * (self.dense_ms - fastest)
 
     def sigma(self, episode: int) -> float:
         """Exploration scale of the ``episode``-th episode (0-based) of this study's RL episodes."""
