@@ -60,7 +60,7 @@ def space(
         out_console.print(text, end="", markup=False, highlight=False)
     else:
         atomic_write_text(out, text)
-        err_console.print(f"wrote {len(result.groups)} groups to {out}")
+        err_console.print(f"wrote {len(result.groups)} groups and {len(result.blocks)} droppable blocks to {out}")
 
 
 def prune(

@@ -266,7 +266,7 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
                                     calibrate=config.calibrate)
     dense_latency = cost_model.predict(space, PruningPlan(alignment=space.alignment))
     costs = SpaceCosts(space, cost_model)
-    check_budget_reachable(space, costs, config.constraints, config.importance)
+    check_budget_reachable(space, costs, config.constraints, config.importance, config.depth)
     strategy = create_strategy(config.strategy, space, config.importance, config.seed, config.trials,
                                config.constraints, costs, workers=config.workers)
     strategy.precisions = config.precision

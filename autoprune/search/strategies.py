@@ -162,9 +162,13 @@ def extreme_plan(space: SearchSpace, importance: str, which: str) -> PruningPlan
     return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment)
 
 
-def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Constraints, importance: str) -> None:
-    """Refuse a latency / parameter limit that even the smallest plan of the space cannot meet."""
+def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Constraints, importance: str,
+                           depth: bool = False) -> None:
+    """Refuse a latency / parameter limit that even the smallest plan of the space cannot meet (with ``depth``,
+    the smallest plan also drops every droppable block)."""
     smallest = extreme_plan(space, importance, "min")
+    if depth and space.blocks:
+        smallest = replace(smallest, drop_blocks=tuple(space.block_names))
     if constraints.max_latency_ms is not None:
         fastest = costs.latency_ms(smallest)
         if fastest > constraints.max_latency_ms:

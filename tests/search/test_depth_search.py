@@ -16,7 +16,8 @@ from autoprune.plan import PruningPlan
 from autoprune.pruning import generate_space
 from autoprune.search.backends import LocalExecutor
 from autoprune.search.runner import optimize
-from autoprune.search.strategies import Constraints, SpaceCosts, create_strategy
+from autoprune.errors import UserError
+from autoprune.search.strategies import Constraints, SpaceCosts, check_budget_reachable, create_strategy
 from autoprune.search.synthetic import SyntheticResult
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,3 +91,11 @@ def test_uniform_sweep_and_a_width_only_search_never_drop(costs):
         done = _search(name, costs, 4, depth=depth)
         assert all(k.startswith("keep/") for t in done for k in t.params)
         assert not any(t.user_attrs["plan"].get("drop_blocks") for t in done)
+
+
+def test_a_budget_only_depth_reaches_is_refused_without_depth_and_accepted_with_it(costs):
+    dense = costs.latency_ms(PruningPlan(alignment=8))
+    limit = Constraints(max_latency_ms=0.5 * dense)
+    with pytest.raises(UserError, match="below the fastest plan"):
+        check_budget_reachable(costs.space, costs, limit, "l1")
+    check_budget_reachable(costs.space, costs, limit, "l1", depth=True)
