@@ -9,7 +9,7 @@ are measured on this machine first (as `autoprune search` does); accuracy is tar
 one target is reused (not re-evaluated) for another.
 
     .venv/bin/python bench/depth.py [--models resnet18 mobilenet_v2] [--targets cpu jetson-nano xavier]
-                                    [--trials 16] [--finetune-steps 0] [--data "fashion-mnist?n=2000"]
+                                    [--trials 24] [--finetune-steps 0] [--data "fashion-mnist?n=2000"]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"],
                         help="add resnet50 for the larger figure (slower)")
     parser.add_argument("--targets", nargs="+", default=["cpu", "jetson-nano", "xavier"])
-    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--strategy", default="tpe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=0)
@@ -151,12 +151,13 @@ def _front_plans(done, front) -> list[dict]:
 
 def _markdown(args, runs, dense, final, load) -> str:
     fmt = lambda v, k=1, d=2: "–" if v is None else f"{v * k:.{d}f}"  # noqa: E731
-    lines = ["| model | target | dense ms | mode | hypervolume | acc ≤50% dense (%) | fastest ms | trials with drops |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | target | dense ms | mode | hypervolume | acc ≤50% dense (%) | fastest ms | trials with drops "
+             "(mean blocks) | plans scored here |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['model']} | {r['target']} | {r['dense_latency_ms']:.4g} | {r['mode']} | "
                      f"{r['hypervolume']:.4f} | {fmt(r['acc_at_50pct'], 100)} | {r['fastest_ms']:.4g} | "
-                     f"{r['trials_with_drops']}/{r['completed']} |")
+                     f"{r['trials_with_drops']}/{r['completed']} ({r['mean_blocks_dropped']:.1f}) | "
+                     f"{r['evaluated_here']} |")
     verdicts = []
     for model in args.models:
         for target in {r["target"]: None for r in runs if r["model"] == model}:
@@ -175,6 +176,8 @@ def _markdown(args, runs, dense, final, load) -> str:
 (1x3x32x32). Accuracy: {'BN-recalibration proxy (no fine-tuning)' if args.finetune_steps == 0 else
 f'{args.finetune_steps} fine-tune steps'}; latency: predicted by each target's cost model. Hypervolume reference:
 accuracy 0, the target's dense latency. One run per cell (one seed): small differences are within noise.
+"–": no candidate at or below half the dense latency. "plans scored here": plans not already scored for an earlier
+target (accuracy does not depend on the target, so a plan is scored once per model).
 Load: {load}.
 {'' if final else '**Partial results: the run has not finished.**'}
 

@@ -302,7 +302,8 @@ class Strategy(abc.ABC):
             return False
         lowest, top = self.lowest_uniform(), self.highest_uniform()
         ratio = lowest + (top - lowest) * made / count  # never ``top`` itself: that is the dense model
-        self._enqueue(study, self._uniform_ratios(ratio), {WARM_START: round(ratio, 6)})
+        # drops=(): the seeds are the width-only uniform line (with --depth too), the front's known reference
+        self._enqueue(study, self._uniform_ratios(ratio), {WARM_START: round(ratio, 6)}, drops=())
         return True
 
     def spread_start(self, study: optuna.Study, count: int, jitter: float = 0.15) -> bool:
