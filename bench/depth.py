@@ -151,7 +151,7 @@ def _front_plans(done, front) -> list[dict]:
 
 def _markdown(args, runs, dense, final, load) -> str:
     fmt = lambda v, k=1, d=2: "–" if v is None else f"{v * k:.{d}f}"  # noqa: E731
-    lines = ["| model | target | dense ms | mode | hypervolume | acc ≤50% dense (%) | fastest ms | trials with drops "
+    lines = ["| model | target | dense ms | mode | hypervolume (acc × ms) | acc ≤50% dense (%) | fastest ms | trials with drops "
              "(mean blocks) | plans scored here |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['model']} | {r['target']} | {r['dense_latency_ms']:.4g} | {r['mode']} | "
@@ -175,7 +175,7 @@ def _markdown(args, runs, dense, final, load) -> str:
 {args.strategy} with {args.trials} trials per run (seed {args.seed}), with and without `--depth`, on {args.data}
 (1x3x32x32). Accuracy: {'BN-recalibration proxy (no fine-tuning)' if args.finetune_steps == 0 else
 f'{args.finetune_steps} fine-tune steps'}; latency: predicted by each target's cost model. Hypervolume reference:
-accuracy 0, the target's dense latency. One run per cell (one seed): small differences are within noise.
+accuracy 0, the target's dense latency (so hypervolumes compare within a target, not across). One run per cell (one seed): small differences are within noise.
 "–": no candidate at or below half the dense latency. "plans scored here": plans not already scored for an earlier
 target (accuracy does not depend on the target, so a plan is scored once per model).
 Load: {load}.
