@@ -20,12 +20,13 @@ BASE = dict(model="resnet18", target="jetson", data="digits", input_shape=(1, 3,
 @pytest.mark.timeout(600)
 def test_depth_search_drops_blocks_and_the_report_shows_them(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    config = SearchConfig(**BASE, study="depth-report", strategy="random", trials=6, depth=True,
-                          out_dir=str(tmp_path))
+    # no fine-tuning (the BN-recalibrated proxy is scored): the test is about the plans and the report, not accuracy
+    config = SearchConfig(**{**BASE, "finetune_steps": 0}, study="depth-report", strategy="random", trials=4,
+                          depth=True, out_dir=str(tmp_path))
     result = run_search(config)
     study = load_study("depth-report", result.storage)[0]
     plans = [PruningPlan.from_dict(t.user_attrs["plan"]) for t in study.trials if "plan" in t.user_attrs]
-    assert len(plans) == 6 and any(p.drop_blocks for p in plans)
+    assert len(plans) == 4 and any(p.drop_blocks for p in plans)
 
     record = build_report(study)
     deep = [c for c in record.pareto if c.dropped_blocks]
