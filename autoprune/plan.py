@@ -1,7 +1,9 @@
 """The pruning plan: the one language the search, the evaluator and the cost model speak.
 
-A plan has three independent parts, applied in this order:
+A plan has four independent parts, applied in this order:
 
+- depth: ``drop_blocks`` names residual blocks removed whole (each becomes its shortcut, an identity; see
+  :mod:`autoprune.pruning.depth`); the dependency graph of the shallower model is then rebuilt for the rest;
 - structured: ``keep_ratios`` per coupled channel group (conv filters, linear neurons, attention heads, MLP
   hidden units), rounded to ``alignment``; tensors become physically smaller;
 - unstructured: ``layer_sparsity`` (a fraction of weights zeroed per layer, each layer ranked on its own:
@@ -23,7 +25,8 @@ from typing import Any
 
 from autoprune.errors import UserError
 
-PLAN_FIELDS = ("keep_ratios", "importance", "alignment", "layer_sparsity", "global_sparsity", "nm", "precision")
+PLAN_FIELDS = ("keep_ratios", "importance", "alignment", "layer_sparsity", "global_sparsity", "nm", "precision",
+               "drop_blocks")
 ALL_LAYERS = "*"
 # Numeric precision the pruned model runs at: fp32 as trained, or int8 after static quantization.
 PRECISIONS = ("fp32", "int8")
@@ -43,6 +46,10 @@ class PruningPlan:
     ``nm`` maps a layer name (or ``"*"``) to an ``"N:M"`` pattern. Unstructured and N:M pruning rank weights by
     magnitude. ``precision`` is what the pruned model runs at: ``"fp32"`` or ``"int8"`` (whole model, static
     quantization; not a pruning step, it is applied after fine-tuning).
+
+    ``drop_blocks`` names residual blocks (module paths such as ``"layer3.1"``) replaced by identity before any
+    channel is cut; kept sorted and without duplicates. Keep ratios of groups that live only inside a dropped
+    block are ignored (the group is gone); the search leaves them out of its plans.
     """
 
     keep_ratios: Mapping[str, float] = field(default_factory=dict)
@@ -52,6 +59,7 @@ class PruningPlan:
     global_sparsity: float = 0.0
     nm: Mapping[str, str] = field(default_factory=dict)
     precision: str = "fp32"
+    drop_blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, ratio in self.keep_ratios.items():
@@ -74,6 +82,7 @@ class PruningPlan:
         object.__setattr__(self, "layer_sparsity", MappingProxyType(dict(sorted(self.layer_sparsity.items()))))
         object.__setattr__(self, "nm", MappingProxyType({k: str(v) for k, v in sorted(self.nm.items())}))
         object.__setattr__(self, "global_sparsity", float(self.global_sparsity))
+        object.__setattr__(self, "drop_blocks", _block_names(self.drop_blocks))
 
     @classmethod
     def uniform(cls, groups: Iterable[str], keep_ratio: float, **kwargs: Any) -> "PruningPlan":
@@ -110,6 +119,8 @@ class PruningPlan:
             data["nm"] = dict(self.nm)
         if self.precision != "fp32":  # fp32 plans keep the dict (and cache keys) they had before precision existed
             data["precision"] = self.precision
+        if self.drop_blocks:  # likewise width-only plans
+            data["drop_blocks"] = list(self.drop_blocks)
         return data
 
     def to_json(self) -> str:
@@ -138,7 +149,25 @@ class PruningPlan:
             global_sparsity=global_sparsity,
             nm={str(k): v for k, v in data.get("nm", {}).items()},
             precision=str(data.get("precision", "fp32")),
+            drop_blocks=data.get("drop_blocks", ()),
         )
+
+
+def inside(layer: str, blocks: Iterable[str]) -> bool:
+    """Whether module path ``layer`` is one of ``blocks`` or lies inside one (``layer3.1.conv1`` in ``layer3.1``)."""
+    return any(layer == b or layer.startswith(b + ".") for b in blocks)
+
+
+def _block_names(blocks: Any) -> tuple[str, ...]:
+    """``blocks`` as a sorted tuple of distinct module paths; anything else is a user error."""
+    if isinstance(blocks, str) or not isinstance(blocks, Iterable):
+        raise UserError(f"plan drop_blocks must be a list of block names (e.g. [layer1.1, layer3.1]), got {blocks!r}")
+    names = list(blocks)
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise UserError(f"plan drop_blocks entry {name!r} is not a block name such as 'layer3.1' "
+                            "(`autoprune space --model M` lists the droppable blocks)")
+    return tuple(sorted(set(names)))
 
 
 def _is_number(value: Any) -> bool:

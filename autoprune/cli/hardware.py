@@ -71,14 +71,19 @@ def _plan_from_checkpoint(path: Path, space):
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {str(path)!r} holds no state dict")
+    # a droppable block none of whose tensors the checkpoint holds was dropped (it is an identity now)
+    dropped = tuple(b.name for b in space.blocks if not any(k.startswith(b.name + ".") for k in state))
+    gone = {g for b in space.blocks if b.name in dropped for g in b.groups}
     keep = {}
     for group in space.groups:
+        if group.name in gone:
+            continue
         weight = state.get(f"{group.name}.weight")
         if weight is None:
             raise UserError(f"checkpoint {str(path)!r} has no tensor {group.name + '.weight'!r}: "
                             f"is it a {space.model}?")
         keep[group.name] = min(1.0, weight.shape[0] / group.channels)
-    return PruningPlan(keep_ratios=keep, alignment=1)
+    return PruningPlan(keep_ratios=keep, alignment=1, drop_blocks=dropped)
 
 
 def latency(

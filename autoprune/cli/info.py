@@ -17,7 +17,7 @@ def _mark(value: bool | None) -> str:
 def models(json_output: bool = typer.Option(False, "--json", help="print one record per model as JSON (name, "
                                             "family, width, heads, nm, depth, note, min_input).")) -> None:
     """List the torchvision classification models autoprune can build and prune, with what it prunes in each
-    (width: channels; heads: attention heads; N:M: 2:4 sparsity; depth: whole blocks, ? = not known)."""
+    (width: channels; heads: attention heads; N:M: 2:4 sparsity; depth: whole residual blocks, with --depth)."""
     records = [model_capabilities(name) for name in available_models()]
     if json_output:
         print_json([r.to_dict() for r in records])

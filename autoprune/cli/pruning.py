@@ -60,7 +60,7 @@ def space(
         out_console.print(text, end="", markup=False, highlight=False)
     else:
         atomic_write_text(out, text)
-        err_console.print(f"wrote {len(result.groups)} groups to {out}")
+        err_console.print(f"wrote {len(result.groups)} groups and {len(result.blocks)} droppable blocks to {out}")
 
 
 def prune(
@@ -72,6 +72,7 @@ def prune(
     data: Optional[str] = typer.Option(None, "--data", help="data spec for accuracy, calibration, fine-tuning"),
     importance: Optional[str] = typer.Option(None, "--importance", help="l1|l2|bn_scale|fpgm|taylor|obd|snip|grasp|random"),
     schedule: str = typer.Option("one-shot", "--schedule", help="one-shot|iterative|agp|lottery|slimming|group-lasso"),
+    drop_blocks: Optional[str] = typer.Option(None, "--drop-blocks", help="comma-separated residual blocks to remove whole (e.g. layer1.1,layer3.1), before --ratio/--plan cut channels; `autoprune space` lists them"),
     sparsity: Optional[float] = typer.Option(None, "--sparsity", help="global magnitude sparsity in [0, 1) on top of --ratio/--plan (the fraction of weights zeroed)"),
     rounds: int = typer.Option(3, "--rounds", help="rounds of the iterative, agp and lottery schedules"),
     reg_strength: float = typer.Option(1e-3, "--reg-strength", help="weight of the slimming / group-lasso penalty"),
@@ -90,8 +91,10 @@ def prune(
     from autoprune.pruning.importance import needs_calibration
     from autoprune.pruning.schedules import run_schedule
 
-    if (ratio is not None and plan_file is not None) or (ratio is None and plan_file is None and sparsity is None):
-        raise UserError("give exactly one of --ratio R (uniform pruning ratio) or --plan FILE, or only --sparsity S")
+    if (ratio is not None and plan_file is not None) or (
+            ratio is None and plan_file is None and sparsity is None and drop_blocks is None):
+        raise UserError("give exactly one of --ratio R (uniform pruning ratio) or --plan FILE, or only --sparsity S "
+                        "and/or --drop-blocks B1,B2")
     if rounds < 1 or reg_strength < 0:
         raise UserError(f"--rounds {rounds} must be at least 1 and --reg-strength {reg_strength} non-negative")
     if ratio is not None and not (0.0 <= ratio < 1.0):
@@ -120,6 +123,8 @@ def prune(
     else:
         plan = PruningPlan(importance=importance or "l1", alignment=alignment or 1)
     plan = _schedule_plan(plan, schedule, sparsity, importance)
+    if drop_blocks is not None or plan.drop_blocks:
+        plan = _with_drops(plan, drop_blocks, generate_space(net, model, shape))
     loader = bundle.loader("train", 32, seed, device=dev) if bundle is not None else None
     calibration = None
     if needs_calibration(plan.importance):
@@ -238,6 +243,16 @@ def _schedule_plan(plan: PruningPlan, schedule: str, sparsity: float | None, imp
             )
         data["importance"] = wanted
     return PruningPlan.from_dict(data)
+
+
+def _with_drops(plan: PruningPlan, drop_blocks: str | None, space) -> PruningPlan:
+    """``plan`` also dropping the ``--drop-blocks`` list, checked against the model's droppable blocks."""
+    names = [b.strip() for b in (drop_blocks or "").split(",") if b.strip()]
+    if drop_blocks is not None and not names:
+        raise UserError("--drop-blocks needs block names, e.g. --drop-blocks layer1.1,layer3.1")
+    plan = PruningPlan.from_dict({**plan.to_dict(), "drop_blocks": [*plan.drop_blocks, *names]})
+    space.validate_plan(plan)
+    return plan
 
 
 def _accuracy(net, bundle, device) -> float | None:

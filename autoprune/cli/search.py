@@ -156,6 +156,7 @@ def search(
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="when the target is this machine, re-fit its profile's calibration on whole-model timings here first (tens of seconds, cached under AUTOPRUNE_HOME)."),
     heartbeat_interval: int = typer.Option(10, "--heartbeat-interval", help="seconds between renewals of the lease on the trials in flight; a trial whose lease is 3 intervals old is taken for dead and re-run by any driver on the study."),
     precision: str = typer.Option("fp32", "--precision", help="precisions to search, comma-separated: fp32 | int8 | fp32,int8 (INT8: static quantization, accuracy measured in onnxruntime)."),
+    depth: bool = typer.Option(False, "--depth/--no-depth", help="also search which residual blocks to drop (a drop/keep choice per block `autoprune space` lists; the uniform strategy stays width-only)."),
     distill: bool = typer.Option(False, "--distill", help="fine-tune candidates with knowledge distillation from the dense model."),
     distill_alpha: float = typer.Option(0.9, "--distill-alpha", help="share of the distillation loss in [0, 1] (the rest is cross-entropy)."),
     distill_temperature: float = typer.Option(4.0, "--distill-temperature", help="distillation temperature (> 0; typically 2 to 8)."),
@@ -172,7 +173,7 @@ def search(
         workers=workers, ray_address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         worker_retries=worker_retries, precision=precision, distill=distill, distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, trial_timeout=trial_timeout, heartbeat_interval=heartbeat_interval,
-        device=device, calibrate=calibrate,
+        device=device, calibrate=calibrate, depth=depth,
     )
     started = time.perf_counter()
     with RichReporter(quiet=json_output) as reporter:

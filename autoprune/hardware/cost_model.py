@@ -5,7 +5,8 @@ signature, then the per-model calibration ``a * sum + b`` fitted on whole-model 
 what the table does not hold: residual additions, graph input/output), plus, where the fit found one, a memory
 term for the weights that outgrow the last-level cache. Channel counts first climb the
 target's alignment staircase (64 -> 60 channels costs what 64 costs on a target that pads to 8); between measured
-channel counts the table is interpolated bilinearly.
+channel counts the table is interpolated bilinearly. A block the plan drops is absent: its layers (and, on a roofline, their fixed
+per-layer costs) leave the sum, and the breakdown shows it as one row of 0 ms.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from autoprune.pruning.space import POOL_OPS, SearchSpace
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 OFFSET_ROW = "(other ops: calibration offset)"
 SPILL_ROW = "(weights beyond the {cache:g} MB cache: calibration)"
+DROPPED_ROW = "{block} (dropped block)"
 INT8_SUFFIX = ":int8"  # per-model calibration/validation keys of INT8 records: "resnet18@1x3x32x32:int8"
 
 
@@ -127,8 +129,10 @@ class CostModel:
         dtype = self.profile.precision
         return not self.latency.missing_families(dense_signature(layer, dtype) for layer in space.layers)
 
-    def _priced(self, space: SearchSpace, dtype: str):
-        return self.latency.priced_layers(space, dtype)
+    def _priced(self, space: SearchSpace, dtype: str, plan: PruningPlan):
+        """The layers whose costs are summed for ``plan``: the latency model's, less those of dropped blocks."""
+        return tuple(layer for layer in self.latency.priced_layers(space, dtype)
+                     if not space.is_dropped(layer.name, plan))
 
     # --- whole plan ------------------------------------------------------------------------------------------
     def predict(self, space: SearchSpace, plan: PruningPlan) -> LatencyEstimate:
@@ -149,7 +153,8 @@ class CostModel:
             notes.append("unstructured sparsity gives no latency gain on this dense target (size shrinks only "
                          "if stored sparse)")
         nm_gain = nm_asked = 0
-        for layer in self._priced(space, dtype):
+        rows.extend((DROPPED_ROW.format(block=b), 0.0) for b in getattr(plan, "drop_blocks", ()))
+        for layer in self._priced(space, dtype, plan):
             sig = pruned_signature(layer, plan, channels, dtype)
             ms = self.layer_ms(sig, space.model, space.input_shape)
             if layer.op in POOL_OPS:  # no weights to prune or count; its cost follows its input's channels
@@ -212,7 +217,7 @@ class CostModel:
         channels = space.group_channels()
         dtype = plan_dtype(plan, self.profile)
         return math.fsum(self.layer_ms(pruned_signature(layer, plan, channels, dtype),
-                                       space.model, space.input_shape) for layer in self._priced(space, dtype))
+                                       space.model, space.input_shape) for layer in self._priced(space, dtype, plan))
 
 
 def _fitted_here(calibration) -> bool:

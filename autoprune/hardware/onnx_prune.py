@@ -39,6 +39,8 @@ def slice_onnx(dense: bytes, space: SearchSpace, plan: PruningPlan) -> bytes:
     import onnx
     from onnx import helper, numpy_helper
 
+    if plan.drop_blocks:  # removing a block removes nodes, not slices of weights: the faithful path builds it
+        raise Unsliceable(f"plan drops blocks {', '.join(plan.drop_blocks)}")
     model = onnx.load_from_string(dense)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}

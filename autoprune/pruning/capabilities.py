@@ -21,8 +21,8 @@ class ModelCapabilities:
     """What a plan may change in one model.
 
     ``width``: channel/neuron groups are pruned; ``heads``: attention heads are removed whole; ``nm``: N:M
-    (2:4) sparsity applies to its conv/linear layers; ``depth``: whole blocks may be dropped (``None``: not
-    known to this version); ``note``: what width pruning leaves at full width, or what is not built; ``min_input``:
+    (2:4) sparsity applies to its conv/linear layers; ``depth``: whole residual blocks may be dropped
+    (``--depth``); ``note``: what width pruning leaves at full width, or what is not built; ``min_input``:
     the smallest square input (pixels) the model runs on (``--input-shape 1x3xNxN``).
     """
 
@@ -31,7 +31,7 @@ class ModelCapabilities:
     width: bool = True
     heads: bool = False
     nm: bool = True
-    depth: bool | None = None
+    depth: bool = False
     note: str = ""
     min_input: int = 32
 
@@ -65,10 +65,12 @@ def model_capabilities(name: str) -> ModelCapabilities:
     return ModelCapabilities(name, family, depth=_depth_support(family), **_FAMILIES.get(family, {}))
 
 
-def _depth_support(family: str) -> bool | None:
-    """Hook for depth pruning: ``None`` (unknown) until :mod:`autoprune.pruning.depth` answers per family."""
-    try:
-        from autoprune.pruning import depth  # noqa: F401 - present once depth pruning is merged
-    except ImportError:
-        return None
-    return None  # wire autoprune.pruning.depth.droppable_blocks here (e.g. on one model per family)
+# Families with residual blocks that can be dropped (autoprune.pruning.depth finds them in the model; this list
+# only answers `autoprune models` without building 80 models, and the test checks it per family).
+DEPTH_FAMILIES = frozenset({"convnext", "efficientnet", "mnasnet", "mobilenetv2", "mobilenetv3", "regnet", "resnet",
+                            "swin_transformer", "vision_transformer"})
+
+
+def _depth_support(family: str) -> bool:
+    """Whether models of ``family`` have droppable blocks (see :data:`DEPTH_FAMILIES`)."""
+    return family in DEPTH_FAMILIES

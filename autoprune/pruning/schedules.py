@@ -32,7 +32,8 @@ def agp_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0
 
 
 def scaled_plan(plan: PruningPlan, fraction: float) -> PruningPlan:
-    """``plan`` with its pruning (1 - keep, sparsity) scaled by ``fraction`` in [0, 1]; N:M is all-or-nothing."""
+    """``plan`` with its pruning (1 - keep, sparsity) scaled by ``fraction`` in [0, 1]; N:M is all-or-nothing,
+    dropped blocks go at once (a block cannot be partly removed, and the rounds then shape what remains)."""
     return PruningPlan(
         keep_ratios={g: 1.0 - (1.0 - r) * fraction for g, r in plan.keep_ratios.items()},
         importance=plan.importance,
@@ -40,6 +41,7 @@ def scaled_plan(plan: PruningPlan, fraction: float) -> PruningPlan:
         layer_sparsity={n: s * fraction for n, s in plan.layer_sparsity.items()},
         global_sparsity=plan.global_sparsity * fraction,
         nm=dict(plan.nm) if fraction >= 1.0 else {},
+        drop_blocks=plan.drop_blocks,
     )
 
 
@@ -114,6 +116,7 @@ def _iterative(model, plan, example_inputs, loader, steps, rounds, lr, seed, cal
             keep_ratios={name: wanted[name] / current[name] for name in current},
             importance=plan.importance, alignment=plan.alignment,
             layer_sparsity=target.layer_sparsity, global_sparsity=target.global_sparsity, nm=target.nm,
+            drop_blocks=plan.drop_blocks,
         )
         result = prune(model, step_plan, example_inputs, calibration, seed)
         current = wanted
@@ -136,7 +139,8 @@ def _regularized(model, plan, kind, example_inputs, loader, steps, lr, seed, cal
 
 def _agp(model, plan, example_inputs, loader, steps, rounds, lr, seed, calibration, device) -> PruneResult:
     """One trainer over all ``steps`` (one cosine schedule), the masks it re-applies growing every interval."""
-    structured = PruningPlan(keep_ratios=plan.keep_ratios, importance=plan.importance, alignment=plan.alignment)
+    structured = PruningPlan(keep_ratios=plan.keep_ratios, importance=plan.importance, alignment=plan.alignment,
+                             drop_blocks=plan.drop_blocks)
     prune(model, structured, example_inputs, calibration, seed)
     interval = max(1, math.ceil(steps / rounds))
     trainer = Trainer(model, finetune_recipe(lr), steps, device=device, seed=seed) if loader is not None else None

@@ -8,6 +8,10 @@ after its first pruned layer in ``model.named_modules()`` order, which is stable
 
 Each conv/linear *layer* records which group sets its output channels and which its input channels, so the
 cost model can derive every pruned layer's shape from a plan by arithmetic alone, without building it.
+
+The space also lists the model's *droppable blocks* (residual blocks a plan may remove whole, found by
+:func:`autoprune.pruning.depth.droppable_blocks`) with the groups that live only inside each: a plan that drops a
+block no longer prunes, searches or prices those groups, and the block's layers leave the cost model's sum.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from autoprune.errors import UserError
 from autoprune.models import classifier
 from autoprune.plan import PruningPlan, kept_channels
 from autoprune.pruning.attention import HeadAttention, convert_attention
+from autoprune.pruning.depth import droppable_blocks, inside
 from autoprune.pruning.opaque import (
     convert_shuffles,
     needs_conversion,
@@ -55,6 +60,14 @@ class GroupSpec:
     layers: tuple[str, ...] = ()  # layers whose output channels this group prunes
     unit: int = 1  # channels removed together: the head size for an attention-head group, else 1
     interleave: int = 1  # conv groups of a grouped conv in the group: each keeps the same channel count
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A residual block a plan may drop (replace by its shortcut), and the groups that exist only inside it."""
+
+    name: str  # module path, e.g. "layer3.1"
+    groups: tuple[str, ...] = ()  # groups all of whose layers lie inside the block: gone when it is dropped
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,20 @@ class SearchSpace:
     groups: tuple[GroupSpec, ...]
     layers: tuple[LayerSpec, ...]
     pools: tuple[LayerSpec, ...] = ()  # priced by the cost model, never pruned
+    blocks: tuple[BlockSpec, ...] = ()  # droppable residual blocks, in model order (empty: depth not searched)
+
+    @property
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    def dropped_groups(self, plan: PruningPlan) -> set[str]:
+        """Groups that ``plan``'s dropped blocks take with them (their keep ratios are ignored)."""
+        dropped = set(plan.drop_blocks)
+        return {g for b in self.blocks if b.name in dropped for g in b.groups}
+
+    def is_dropped(self, layer: str, plan: PruningPlan) -> bool:
+        """Whether ``plan`` removes ``layer`` (a conv/linear/pool of this space) with a dropped block."""
+        return bool(plan.drop_blocks) and inside(layer, plan.drop_blocks)
 
     @property
     def cost_layers(self) -> tuple[LayerSpec, ...]:
@@ -156,6 +183,15 @@ class SearchSpace:
                     f"plan names group {name!r}, which {self.model} does not have; "
                     f"run `autoprune space --model {self.model}` to list its groups"
                 )
+        droppable = set(self.block_names)
+        for name in plan.drop_blocks:
+            if name not in droppable:
+                listed = ", ".join(self.block_names[:6]) + (", ..." if len(self.blocks) > 6 else "")
+                raise UserError(
+                    f"plan drops block {name!r}, which is not a droppable block of {self.model} "
+                    f"({'droppable: ' + listed if droppable else 'it has none in this space'}); "
+                    f"run `autoprune space --model {self.model}` to list them"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +199,7 @@ class SearchSpace:
             "input_shape": list(self.input_shape),
             "alignment": self.alignment,
             "groups": [{**asdict(g), "layers": list(g.layers)} for g in self.groups],
+            "blocks": [{"name": b.name, "groups": list(b.groups)} for b in self.blocks],
         }
 
     def to_yaml(self) -> str:
@@ -200,7 +237,30 @@ class SearchSpace:
             )
         groups = tuple(overrides.get(g.name, g) for g in self.groups)
         alignment = int(data.get("alignment", self.alignment))
-        return SearchSpace(self.model, self.input_shape, alignment, groups, self.layers, self.pools)
+        return SearchSpace(self.model, self.input_shape, alignment, groups, self.layers, self.pools,
+                           self._blocks_override(data, path))
+
+    def _blocks_override(self, data: dict, path: Path) -> tuple[BlockSpec, ...]:
+        """The droppable blocks a space file keeps: ``depth: false`` keeps none; a ``blocks`` list (names, or
+        mappings with a ``name`` as ``autoprune space`` writes them) keeps those; without either, all."""
+        depth = data.get("depth", True)
+        if not isinstance(depth, bool):
+            raise UserError(f"space file {str(path)!r}: 'depth' must be true or false, got {depth!r}")
+        if not depth:
+            return ()
+        if data.get("blocks") is None:
+            return self.blocks
+        if not isinstance(data["blocks"], list):
+            raise UserError(f"space file {str(path)!r}: 'blocks' must be a list of droppable block names")
+        by_name = {b.name: b for b in self.blocks}
+        kept = set()
+        for i, entry in enumerate(data["blocks"]):
+            name = entry.get("name") if isinstance(entry, dict) else entry
+            if name not in by_name:
+                raise UserError(f"space file {str(path)!r}, blocks[{i}]: {name!r} is not a droppable block of "
+                                f"{self.model}; run `autoprune space --model {self.model}` to list them")
+            kept.add(name)
+        return tuple(b for b in self.blocks if b.name in kept)
 
 
 def _load_space_file(path: Path) -> dict:
@@ -327,7 +387,21 @@ def generate_space(
     qkv_names = {names[m] for m in attention}
     channels = {g.name: g.channels for g in groups}
     layers, pools = _trace_layers(model, example, out_group, in_group, qkv_names, channels)
-    return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers), tuple(pools))
+    blocks = _blocks(droppable_blocks(model, example), groups, layers)
+    return SearchSpace(model_name, tuple(input_shape), alignment, tuple(groups), tuple(layers), tuple(pools),
+                       blocks)
+
+
+def _blocks(names: list[str], groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[BlockSpec, ...]:
+    """Each droppable block with the groups all of whose layers (output and input side) lie inside it."""
+    members: dict[str, set[str]] = {g.name: set(g.layers) for g in groups}
+    for layer in layers:
+        for g in {layer.out_group, *layer.in_groups} - {None}:
+            members.setdefault(g, set()).add(layer.name)
+    return tuple(
+        BlockSpec(name, tuple(g.name for g in groups if all(inside(layer, [name]) for layer in members[g.name])))
+        for name in names
+    )
 
 
 def _trace_layers(model, example, out_group, in_group, qkv_names=frozenset(), channels=None

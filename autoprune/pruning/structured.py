@@ -1,4 +1,5 @@
-"""Apply a plan's structured part: physically remove channels (and attention heads), group by coupled group."""
+"""Apply a plan's structured part: drop whole blocks, then physically remove channels (and attention heads),
+group by coupled group."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from autoprune.pruning.importance import (
     make_importance,
     prepare_gradients,
 )
+from autoprune.pruning.depth import drop_blocks
 from autoprune.pruning.opaque import convert_shuffles
 from autoprune.pruning.space import conv_interleave, dependency_groups, group_layers
 
@@ -27,8 +29,12 @@ def apply_plan(
     calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Prune ``model`` in place by ``plan``'s keep ratios and return it.
+    """Prune ``model`` in place by ``plan``'s dropped blocks and keep ratios and return it.
 
+    The blocks in ``plan.drop_blocks`` are replaced by identity first; the dependency graph is then built on the
+    shallower model, so the groups that lived only inside a dropped block are gone and their ratios ignored.
+    A group keeps the ratio of whichever of its layers the plan names (a group whose first layer was dropped
+    is then named after a later one, but the plan still names it by its dense-model name).
     Channels are ranked by ``plan.importance`` within each coupled group, and the lowest-ranked are removed
     so that ``plan.kept_channels(group)`` remain; attention groups lose whole heads. Gradient criteria run
     the ``calibration`` batches first. ``nn.MultiheadAttention`` blocks are replaced by equivalent
@@ -36,6 +42,7 @@ def apply_plan(
     Only the structured part of the plan is applied here; see :func:`autoprune.pruning.prune` for all of it.
     """
     importance = make_importance(plan.importance)
+    drop_blocks(model, plan.drop_blocks)
     convert_attention(model)
     convert_shuffles(model)
     if not plan.is_structured:
@@ -52,7 +59,7 @@ def apply_plan(
             outs, _ = group_layers(graph, group, names)
             if not outs:
                 continue
-            ratio = plan.keep_ratios.get(outs[0], 1.0)
+            ratio = next((plan.keep_ratios[n] for n in outs if n in plan.keep_ratios), 1.0)
             if ratio >= 1.0:
                 continue
             root = group[0].dep.target.module

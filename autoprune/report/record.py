@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.errors import UserError
-from autoprune.plan import kept_channels
+from autoprune.plan import inside, kept_channels
 from autoprune.report.host import HostLatency, read_host_latencies
 from autoprune.search.pareto import hypervolume
 from autoprune.search.records import completed_records, pareto_records
@@ -131,13 +131,18 @@ class Candidate:
     mflops: float
     size_mb: float
     sparsity: float  # 1 - nonzero params / dense params: the fraction of the dense weights removed or zeroed
-    keep_ratios: tuple[float, ...]  # per group, in ReportRecord.group_names order (1.0: group untouched)
+    keep_ratios: tuple[float, ...]  # per group, in ReportRecord.group_names order (1.0: untouched, 0.0: dropped)
     kept_channels: tuple[int, ...]
     plan: Mapping[str, Any]
     average_drop: float  # dense accuracy - candidate accuracy
     per_class: tuple[ClassAccuracy, ...]
     precision: str = "fp32"  # "fp32" | "int8"
     float_accuracy: float | None = None  # INT8: the FP32 accuracy before quantization
+    dropped_blocks: tuple[str, ...] = ()  # residual blocks the plan removes (their groups show keep ratio 0)
+
+    def group_dropped(self, group: str) -> bool:
+        """Whether ``group`` went with a dropped block (it is named after a layer inside the block)."""
+        return inside(group, self.dropped_blocks)
 
     @property
     def flagged_classes(self) -> tuple[str, ...]:
@@ -339,8 +344,9 @@ def build_report(
     for number in front_numbers:
         m, p = measured[number], by_trial[number]
         plan = dict(m.plan)
-        ratios = group_ratios(plan, group_names)
-        kept = tuple(kept_channels(c, r, int(plan["alignment"])) for (_, c), r in zip(groups, ratios))
+        drops = tuple(plan.get("drop_blocks", ()))
+        ratios = tuple(0.0 if inside(g, drops) else r for g, r in zip(group_names, group_ratios(plan, group_names)))
+        kept = tuple(0 if r == 0.0 else kept_channels(c, r, int(plan["alignment"])) for (_, c), r in zip(groups, ratios))
         average_drop = dense_acc - p.accuracy
         host_ms = host.get(p.trial)
         nonzero = m.stats.nonzero_params
@@ -354,7 +360,7 @@ def build_report(
             keep_ratios=ratios, kept_channels=kept, plan=plan, average_drop=average_drop,
             per_class=per_class_drops(dense_per_class, m.per_class_accuracy, class_names, average_drop,
                                       class_drop_threshold),
-            precision=p.precision, float_accuracy=m.float_accuracy,
+            precision=p.precision, float_accuracy=m.float_accuracy, dropped_blocks=drops,
         ))
 
     # The uniform-ratio curve is the pruning-only reference: FP32 trials only, as the dense point it ends at.

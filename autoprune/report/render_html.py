@@ -104,15 +104,24 @@ def keep_ratio_figure(record: ReportRecord) -> go.Figure:
     fig = go.Figure(go.Heatmap(
         z=[list(c.keep_ratios) for c in record.pareto], x=list(record.group_names), y=rows, zmin=0.0, zmax=1.0,
         colorscale="Viridis", colorbar={"title": "keep ratio"},
-        text=[[f"{k} ch" for k in c.kept_channels] for c in record.pareto], texttemplate="%{text}",
+        text=[[_cell(c, g, k) for g, k in zip(record.group_names, c.kept_channels)] for c in record.pareto],
+        texttemplate="%{text}",
         hovertemplate="%{y} · %{x}<br>keep ratio %{z:.2f} (%{text})<extra></extra>",
     ))
+    dropped = any(c.dropped_blocks for c in record.pareto)
     fig.update_layout(
         title=f"Per-layer keep ratio of the Pareto-optimal candidates (channels after alignment to "
-              f"{record.alignment})",
+              f"{record.alignment}{'; 0 = inside a dropped block' if dropped else ''})",
         xaxis_title="channel group", template="plotly_white", height=160 + 40 * max(1, len(rows)),
     )
     return fig
+
+
+def _cell(candidate, group: str, kept: int) -> str:
+    """A heatmap cell's label: the channels kept, or the block the group was dropped with."""
+    if candidate.group_dropped(group):
+        return "dropped"
+    return f"{kept} ch"
 
 
 def per_class_figure(record: ReportRecord) -> go.Figure:

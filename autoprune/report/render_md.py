@@ -68,8 +68,13 @@ def render_md(record: ReportRecord) -> str:
         "## Per-layer keep ratios",
         "",
         md_table(["trial", *r.group_names],
-                 [[str(c.trial), *(f"{k:.2f} ({n})" for k, n in zip(c.keep_ratios, c.kept_channels))]
+                 [[str(c.trial), *("dropped" if c.group_dropped(g) else f"{k:.2f} ({n})"
+                                    for g, k, n in zip(r.group_names, c.keep_ratios, c.kept_channels))]
                   for c in r.pareto]),
+        "",
+        *([md_table(["trial", "dropped blocks"],
+                    [[str(c.trial), ", ".join(c.dropped_blocks) or "-"] for c in r.pareto]), ""]
+          if any(c.dropped_blocks for c in r.pareto) else []),
         "",
         "## Per-class accuracy",
         "",

@@ -20,6 +20,15 @@ reward). Each update learns from the recent episodes plus the ``elite`` best one
 so the policy keeps being pulled toward the best plans. Its actions and noise scale are stored on the trial
 (``rl_actions``, ``rl_budget_ms``, ``rl_sigma``), so the policy is rebuilt on resume by replaying the
 recorded episodes.
+
+Depth (``--depth``): an episode first walks the space's droppable blocks in network order, one step each, and
+drops a block when its action is positive (the squashed action above one half), or when keeping it would leave
+the budget out of reach even with every later block dropped and every group at its ``min_keep`` (the same bound
+as the width steps'); then it walks the groups as above, with the budget bounds computed on the shallower model
+(a dropped block's groups are ignored). So every plan meets the budget whenever the fastest plan (every block
+dropped, every group at its minimum) does, including budgets no width-only plan meets. Block steps share the policy
+with width steps; the last state feature tells them apart, and their other features describe the block (its
+position, its share of the FLOPs and of the FLOPs after it).
 """
 
 from __future__ import annotations
@@ -32,13 +41,16 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from dataclasses import replace
+
 from autoprune.plan import PruningPlan
+from autoprune.pruning.depth import inside
 from autoprune.search.store import TrialOutcome, declare_strategy_attrs, decode_trials
 from autoprune.search.strategies import (
     Strategy, extreme_plan, grid_steps, grid_value, register_strategy, searched_groups, snap_down,
 )
 
-STATE_DIM = 10
+STATE_DIM = 11
 INFEASIBLE_PENALTY = 0.1
 MEAN_BOUND = 4.0
 WARMUP_SIGMA = 0.0  # recorded as ``rl_sigma`` of a warm-up episode (uniform actions, not policy samples)
@@ -133,55 +145,97 @@ class RLStrategy(Strategy):
                          sum(shares[t + 1 :])])
         return rows
 
-    def _fits(self, ratios: dict[str, float], budget_ms: float) -> bool:
+    def _block_features(self, blocks: list[str]) -> list[list[float]]:
+        """Per droppable block: position, its share of the FLOPs and the share after it (the width features'
+        slots for channels, kernel and stride hold 0)."""
+        flops = [layer.in_channels / layer.groups * layer.out_channels * layer.kernel ** 2
+                 * max(1, layer.in_h // max(1, layer.stride)) * max(1, layer.in_w // max(1, layer.stride))
+                 for layer in self.space.layers]
+        total = sum(flops) or 1.0
+        names = [layer.name for layer in self.space.layers]
+        rows = []
+        for k, block in enumerate(blocks):
+            idx = [i for i, n in enumerate(names) if inside(n, [block])]
+            share = sum(flops[i] for i in idx) / total
+            after = sum(flops[max(idx) + 1:]) / total if idx else 0.0
+            rows.append([k / max(1, len(blocks)), 0.0, 0.0, 0.0, share, after])
+        return rows
+
+    def _with_drops(self, ratios: dict[str, float], drops: tuple[str, ...]) -> PruningPlan:
         plan = self._plan(ratios)
+        return replace(plan, drop_blocks=drops) if drops else plan
+
+    def _fits(self, ratios: dict[str, float], budget_ms: float, drops: tuple[str, ...] = ()) -> bool:
+        plan = self._with_drops(ratios, drops)
         if self.costs is None:
             return True
         if self.costs.latency_ms(plan) > budget_ms * (1 + 1e-9):
             return False
         return self.constraints.max_params is None or self.costs.params(plan) <= self.constraints.max_params
 
-    def _upper(self, ratios: dict[str, float], group, budget_ms: float) -> float:
+    def _upper(self, ratios: dict[str, float], group, budget_ms: float, drops: tuple[str, ...] = ()) -> float:
         """The largest grid ratio of ``group`` that keeps the plan (later groups at min) within budget."""
         lo, hi = 0, grid_steps(group)
         trial = dict(ratios)
         trial[group.name] = grid_value(group, hi)
-        if self._fits(trial, budget_ms):
+        if self._fits(trial, budget_ms, drops):
             return grid_value(group, hi)
         while lo < hi:  # latency is monotone in a group's keep ratio
             mid = (lo + hi + 1) // 2
             trial[group.name] = grid_value(group, mid)
-            lo, hi = (mid, hi) if self._fits(trial, budget_ms) else (lo, mid - 1)
+            lo, hi = (mid, hi) if self._fits(trial, budget_ms, drops) else (lo, mid - 1)
         return grid_value(group, lo)
+
+    def steps(self) -> int:
+        """Actions per episode: one per droppable block searched, then one per group."""
+        return len(self.depth_blocks()) + len(self.groups)
+
+    def _act(self, state: list[float], replayed: float | None, generator, sigma: float) -> float:
+        if replayed is not None:
+            return float(replayed)
+        if sigma == WARMUP_SIGMA:
+            p = float(torch.rand((), generator=generator)) * 0.98 + 0.01
+            return math.log(p / (1 - p))
+        with torch.no_grad():
+            mean = float(self.policy.mean(torch.tensor([state], dtype=torch.float32))[0])
+        noise = float(torch.randn((), generator=generator)) if generator is not None else 0.0
+        return mean + sigma * max(-2.0, min(2.0, noise))  # truncated at two standard deviations
 
     def walk(self, budget_ms: float, actions: list[float] | None = None, generator: torch.Generator | None = None,
              sigma: float = 0.0):
-        """One episode: returns (states, raw actions, ratios). Replays ``actions`` when given; otherwise acts
-        with the policy's mean plus truncated-normal noise of scale ``sigma`` (``WARMUP_SIGMA``: uniformly at
-        random within the bounds)."""
+        """One episode: returns (states, raw actions, ratios, dropped blocks). Replays ``actions`` when given;
+        otherwise acts with the policy's mean plus truncated-normal noise of scale ``sigma`` (``WARMUP_SIGMA``:
+        uniformly at random within the bounds)."""
+        blocks = self.depth_blocks()
         ratios = {g.name: g.min_keep for g in self.groups}
         states, raw = [], []
+        drops: list[str] = []
         prev = 1.0
-        for t, group in enumerate(self.groups):
-            upper = self._upper(ratios, group, budget_ms)
-            used = self._latency(self._plan(ratios)) / budget_ms
-            state = self._features[t] + [used, prev, budget_ms / max(self.dense_ms, 1e-12), (upper - group.min_keep)]
+        fraction = budget_ms / max(self.dense_ms, 1e-12)
+        for k, (block, features) in enumerate(zip(blocks, self._block_features(blocks))):
+            used = self._latency(self._with_drops(ratios, tuple(drops))) / budget_ms
+            # bounded like the width steps: keep the block only if the budget can still be met with every later
+            # block dropped and every group at its min_keep
+            can_keep = self._fits(ratios, budget_ms, (*drops, *blocks[k + 1:]))
+            state = features + [used, prev, fraction, 1.0 if can_keep else 0.0, 1.0]
             states.append(state)
-            if actions is not None:
-                u = float(actions[t])
-            elif sigma == WARMUP_SIGMA:
-                p = float(torch.rand((), generator=generator)) * 0.98 + 0.01
-                u = math.log(p / (1 - p))
-            else:
-                with torch.no_grad():
-                    mean = float(self.policy.mean(torch.tensor([state], dtype=torch.float32))[0])
-                noise = float(torch.randn((), generator=generator)) if generator is not None else 0.0
-                u = mean + sigma * max(-2.0, min(2.0, noise))  # truncated at two standard deviations
+            u = self._act(state, None if actions is None else actions[k], generator, sigma)
+            raw.append(u)
+            if u > 0 or not can_keep:
+                drops.append(block)
+            prev = 1.0 / (1.0 + math.exp(-u))
+        dropped = tuple(drops)
+        for t, group in enumerate(self.groups):
+            upper = self._upper(ratios, group, budget_ms, dropped)
+            used = self._latency(self._with_drops(ratios, dropped)) / budget_ms
+            state = self._features[t] + [used, prev, fraction, (upper - group.min_keep), 0.0]
+            states.append(state)
+            u = self._act(state, None if actions is None else actions[len(blocks) + t], generator, sigma)
             raw.append(u)
             a = 1.0 / (1.0 + math.exp(-u))
             ratios[group.name] = snap_down(group, group.min_keep + a * (upper - group.min_keep))
             prev = a
-        return states, raw, ratios
+        return states, raw, ratios, dropped
 
     def _budget(self, generator: torch.Generator, episode: int = -1) -> float:
         """The episode's latency budget: the limit when there is one; else stratified over [fastest, dense)
@@ -191,7 +245,11 @@ class RLStrategy(Strategy):
             return self.constraints.max_latency_ms
         warmup = min(self.warmup, self.trials // 4)
         u = episode / warmup if 0 <= episode < warmup else float(torch.rand((), generator=generator))
-        return self.fastest_ms + u * (self.dense_ms - self.fastest_ms)
+        fastest = self.fastest_ms
+        if self.depth_blocks():  # the fastest plan drops every droppable block too
+            fastest = self._latency(replace(extreme_plan(self.space, self.importance, "min"),
+                                            drop_blocks=tuple(self.depth_blocks())))
+        return fastest + u * (self.dense_ms - fastest)
 
     def sigma(self, episode: int) -> float:
         """Exploration scale of the ``episode``-th episode (0-based) of this study's RL episodes."""
@@ -214,8 +272,8 @@ class RLStrategy(Strategy):
         episode = sum(1 for t in trials if ACTIONS in t.strategy_attrs)
         budget = self._budget(generator, episode)
         sigma = self.sigma(episode)
-        _, raw, ratios = self.walk(budget, generator=generator, sigma=sigma)
-        self._enqueue(study, ratios, {ACTIONS: [round(u, 6) for u in raw], BUDGET: budget, SIGMA: sigma})
+        _, raw, ratios, drops = self.walk(budget, generator=generator, sigma=sigma)
+        self._enqueue(study, ratios, {ACTIONS: [round(u, 6) for u in raw], BUDGET: budget, SIGMA: sigma}, drops)
 
     # --- tell: learn from every finished episode not seen yet (on resume: all of them, in order) ---------
     def reward(self, trial: TrialOutcome) -> float:
@@ -234,7 +292,7 @@ class RLStrategy(Strategy):
                 continue
             self._consumed.add(trial.number)
             actions = trial.strategy_attrs[ACTIONS]
-            if trial.state != TrialState.COMPLETE or len(actions) != len(self.groups):
+            if trial.state != TrialState.COMPLETE or len(actions) != self.steps():
                 continue
             self.observe(list(actions), float(trial.strategy_attrs[BUDGET]), self.reward(trial),
                          float(trial.strategy_attrs[SIGMA]))
@@ -244,7 +302,7 @@ class RLStrategy(Strategy):
         return updates
 
     def observe(self, actions: list[float], budget_ms: float, reward: float, sigma: float = 1.0) -> None:
-        states, _, _ = self.walk(budget_ms, actions)  # deterministic given the actions: rebuilt, not stored
+        states, _, _, _ = self.walk(budget_ms, actions)  # deterministic given the actions: rebuilt, not stored
         self._pending.append((states, actions, budget_ms, reward, sigma))
 
     def _baseline(self, fractions: torch.Tensor) -> torch.Tensor:
@@ -281,7 +339,7 @@ class RLStrategy(Strategy):
         rewards = torch.tensor([r for _, _, _, r, _ in episodes])
         advantages = rewards - self._baseline(fractions)
         advantages = advantages / advantages.std().clamp_min(1e-3) if len(episodes) > 1 else advantages
-        steps = len(self.groups)
+        steps = self.steps()
         states = torch.tensor([row for st, _, _, _, _ in episodes for row in st], dtype=torch.float32)
         actions = torch.tensor([u for _, a, _, _, _ in episodes for u in a], dtype=torch.float32)
         sigma = torch.tensor([s if s != WARMUP_SIGMA else self.sigma_for_warmup
@@ -314,7 +372,7 @@ class RLStrategy(Strategy):
         if not ranked:
             return
         weights = torch.tensor([float(gains[i]) for i in ranked])
-        weights = (weights / weights.sum()).repeat_interleave(len(self.groups))
+        weights = (weights / weights.sum()).repeat_interleave(self.steps())
         states = torch.tensor([row for i in ranked for row in self._buffer[i][0]], dtype=torch.float32)
         actions = torch.tensor([u for i in ranked for u in self._buffer[i][1]], dtype=torch.float32)
         actions = actions.clamp(-MEAN_BOUND, MEAN_BOUND)

@@ -73,6 +73,9 @@ class SearchConfig:
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S  # seconds between lease renewals; stale after 3 intervals
     device: str = "auto"  # where the baseline and candidates train: auto|cpu|cuda|cuda:N (latency is the target's)
     calibrate: bool = True  # on this machine's targets, re-fit the profile's calibration here (cached)
+    # Search depth too: a drop/keep choice per droppable block. Off by default: a dropped block costs more accuracy
+    # than a short fine-tune recovers, and width-only studies keep their parameters (and resume) as before.
+    depth: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in available_models():
@@ -263,10 +266,15 @@ def _prepare(config: SearchConfig, reporter: SearchReporter, warnings: list[str]
                                     calibrate=config.calibrate)
     dense_latency = cost_model.predict(space, PruningPlan(alignment=space.alignment))
     costs = SpaceCosts(space, cost_model)
-    check_budget_reachable(space, costs, config.constraints, config.importance)
+    check_budget_reachable(space, costs, config.constraints, config.importance, config.depth)
     strategy = create_strategy(config.strategy, space, config.importance, config.seed, config.trials,
                                config.constraints, costs, workers=config.workers)
     strategy.precisions = config.precision
+    strategy.depth = config.depth
+    if config.depth and not space.blocks:
+        warnings.append(f"--depth: {config.model} has no droppable block in this space (no residual block whose "
+                        "input and output shapes match, or the --space file disables depth); searching width only")
+        reporter.warn(warnings[-1])
     recipe = TrainRecipe(epochs=config.baseline_epochs)
     spec = BaselineSpec(config.model, config.data, config.input_shape, data.num_classes, config.seed, recipe,
                         config.weights)

@@ -7,7 +7,8 @@ Contract (what the runner guarantees and what a strategy must do):
   then calls :meth:`Strategy.sampler` once to create the study's sampler;
 - once the dense baseline is trained it calls ``attach_baseline(model)`` (a no-op by default);
 - for every trial it calls ``before_ask(study)`` then ``study.ask()`` then ``propose(study, trial)``, which
-  must return a plan whose keep ratios are the trial's ``keep/<group>`` parameters. ``before_ask`` may
+  must return a plan whose keep ratios are the trial's ``keep/<group>`` parameters (less the groups of the
+  blocks its ``drop/<block>`` parameters drop, with ``--depth``). ``before_ask`` may
   enqueue fixed parameters (that is how the uniform sweep, the constrained random search and the RL agent
   drive Optuna); several trials may be asked before any is told (parallel workers);
 - a strategy keeps no state that cannot be rebuilt from the study: on resume a fresh instance sees the
@@ -35,6 +36,7 @@ from autoprune.pruning.space import GroupSpec, SearchSpace
 from autoprune.search.store import declare_strategy_attrs, decode_trials, trial_attrs
 
 PARAM_PREFIX = "keep/"
+DROP_PREFIX = "drop/"  # categorical False/True per droppable block when the search spans depth (--depth)
 PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans more than one precision
 # Per-trial attributes the built-in strategies write (declared in the study store, kept by re-queued trials).
 WARM_START, SPREAD_START, GLOBAL_START, LATENCY_START = declare_strategy_attrs(
@@ -47,10 +49,25 @@ def param_name(group: str) -> str:
     return PARAM_PREFIX + group
 
 
-def plan_from_params(params: dict[str, float], space: SearchSpace, importance: str) -> PruningPlan:
+def drop_param_name(block: str) -> str:
+    """The Optuna parameter saying whether ``block`` is dropped (True) or kept (False)."""
+    return DROP_PREFIX + block
+
+
+def plan_from_params(params: dict, space: SearchSpace, importance: str) -> PruningPlan:
+    """The plan a trial's parameters describe: ``keep/<group>`` ratios, ``drop/<block>`` choices, precision.
+
+    This is the one place depth enters a strategy's plan: the blocks whose ``drop/`` parameter is true are dropped,
+    and the keep ratios of the groups that lived only inside them leave the plan (they would be ignored anyway;
+    leaving them out keeps equal plans equal).
+    """
     ratios = {k[len(PARAM_PREFIX) :]: float(v) for k, v in params.items() if k.startswith(PARAM_PREFIX)}
+    drops = tuple(k[len(DROP_PREFIX) :] for k, v in params.items() if k.startswith(DROP_PREFIX) and v is True)
     precision = str(params.get(PRECISION_PARAM, "fp32"))
-    return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment, precision=precision)
+    plan = PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment, precision=precision,
+                       drop_blocks=drops)
+    gone = space.dropped_groups(plan)
+    return replace(plan, keep_ratios={g: r for g, r in ratios.items() if g not in gone}) if gone else plan
 
 
 def grid_steps(group: GroupSpec) -> int:
@@ -148,9 +165,13 @@ def extreme_plan(space: SearchSpace, importance: str, which: str) -> PruningPlan
     return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment)
 
 
-def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Constraints, importance: str) -> None:
-    """Refuse a latency / parameter limit that even the smallest plan of the space cannot meet."""
+def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Constraints, importance: str,
+                           depth: bool = False) -> None:
+    """Refuse a latency / parameter limit that even the smallest plan of the space cannot meet (with ``depth``,
+    the smallest plan also drops every droppable block)."""
     smallest = extreme_plan(space, importance, "min")
+    if depth and space.blocks:
+        smallest = replace(smallest, drop_blocks=tuple(space.block_names))
     if constraints.max_latency_ms is not None:
         fastest = costs.latency_ms(smallest)
         if fastest > constraints.max_latency_ms:
@@ -212,6 +233,10 @@ class Strategy(abc.ABC):
     # Precisions a plan may run at; the runner sets them from --precision. With more than one, every strategy's
     # trials carry a categorical "precision" parameter the sampler chooses like any other.
     precisions: tuple[str, ...] = ("fp32",)
+    # Whether plans may drop blocks; the runner sets it from --depth. A width-only strategy (the uniform sweep)
+    # ignores it. With it, every trial carries a categorical "drop/<block>" per droppable block of the space.
+    depth: bool = False
+    width_only: bool = False
 
     def __init__(
         self,
@@ -249,7 +274,13 @@ class Strategy(abc.ABC):
         for group in self.space.groups:
             if group.min_keep < group.max_keep:
                 trial.suggest_float(param_name(group.name), group.min_keep, group.max_keep, step=group.step)
+        for block in self.depth_blocks():
+            trial.suggest_categorical(drop_param_name(block), [False, True])
         return self.with_precision(trial, plan_from_params(trial.params, self.space, self.importance))
+
+    def depth_blocks(self) -> list[str]:
+        """The blocks this strategy's plans may drop: the space's droppable ones when depth is searched."""
+        return [] if self.width_only or not self.depth else self.space.block_names
 
     def with_precision(self, trial: optuna.Trial, plan: PruningPlan) -> PruningPlan:
         """``plan`` at the trial's precision: suggested when several are searched, else the only one."""
@@ -271,11 +302,14 @@ class Strategy(abc.ABC):
         params = self.costs.params(plan) if self.constraints.max_params is not None else 0
         return self.constraints.cost_feasible(lat, params)
 
-    def _enqueue(self, study: optuna.Study, ratios: dict[str, float], attrs: dict | None = None) -> None:
-        study.enqueue_trial(
-            {param_name(g.name): ratios[g.name] for g in searched_groups(self.space)},
-            user_attrs=trial_attrs(strategy_attrs=attrs), skip_if_exists=False,
-        )
+    def _enqueue(self, study: optuna.Study, ratios: dict[str, float], attrs: dict | None = None,
+                 drops: tuple[str, ...] | None = None) -> None:
+        """Enqueue a plan's keep ratios, and its dropped blocks when given (else the sampler chooses them:
+        dropping a block only lowers latency and size, so a plan meeting the cost limits still meets them)."""
+        params: dict = {param_name(g.name): ratios[g.name] for g in searched_groups(self.space)}
+        if drops is not None:
+            params.update({drop_param_name(b): b in drops for b in self.depth_blocks()})
+        study.enqueue_trial(params, user_attrs=trial_attrs(strategy_attrs=attrs), skip_if_exists=False)
 
     def _uniform_ratios(self, ratio: float) -> dict[str, float]:
         return {g.name: _snap(g, ratio) for g in searched_groups(self.space)}
@@ -310,7 +344,8 @@ class Strategy(abc.ABC):
             return False
         lowest, top = self.lowest_uniform(), self.highest_uniform()
         ratio = lowest + (top - lowest) * made / count  # never ``top`` itself: that is the dense model
-        self._enqueue(study, self._uniform_ratios(ratio), {WARM_START: round(ratio, 6)})
+        # drops=(): the seeds are the width-only uniform line (with --depth too), the front's known reference
+        self._enqueue(study, self._uniform_ratios(ratio), {WARM_START: round(ratio, 6)}, drops=())
         return True
 
     def spread_start(self, study: optuna.Study, count: int, jitter: float = 0.15) -> bool:
@@ -356,7 +391,7 @@ class Strategy(abc.ABC):
             return False
         if not self._cost_feasible(ratios):
             return False
-        self._enqueue(study, ratios, {GLOBAL_START: ratio})
+        self._enqueue(study, ratios, {GLOBAL_START: ratio}, drops=())  # a width allocation: every block kept
         return True
 
     def latency_start(self, study: optuna.Study, count: int) -> bool:
@@ -379,7 +414,7 @@ class Strategy(abc.ABC):
         ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance)
         if not self._cost_feasible(ratios):
             return False
-        self._enqueue(study, ratios, {LATENCY_START: fraction})
+        self._enqueue(study, ratios, {LATENCY_START: fraction}, drops=())  # priced with every block kept
         return True
 
     def seed_trials(self, study: optuna.Study, uniform: int, spread: int) -> None:
@@ -473,6 +508,7 @@ class UniformStrategy(Strategy):
     meets the latency / parameter limit (1.0 without one)."""
 
     name = "uniform"
+    width_only = True  # one keep ratio everywhere: the width-only reference line
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.seed)

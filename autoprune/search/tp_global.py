@@ -34,6 +34,7 @@ class TPGlobalStrategy(Strategy):
     the smallest one whose plan meets the latency / parameter limits (0 without one) to the space's largest."""
 
     name = "tp-global"
+    width_only = True  # Torch-Pruning's global pruning allocates channels; it never drops a block
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

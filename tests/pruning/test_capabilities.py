@@ -9,6 +9,7 @@ from torchvision.models import shufflenetv2
 
 from autoprune.models import available_models, classifier, create_model
 from autoprune.pruning.capabilities import model_capabilities, model_family
+from autoprune.pruning.depth import droppable_blocks
 from autoprune.pruning.opaque import OPAQUE_TYPES
 
 # One cheap member per family; built on the meta device (no memory, no init), RegNet for real (its builder
@@ -42,7 +43,10 @@ def test_capabilities_match_the_model(family):
     assert found.nm == any(m.weight.shape[1] % 4 == 0 for m in layers)
     kept_whole = any(isinstance(m, (*OPAQUE_TYPES, shufflenetv2.InvertedResidual)) for m in model.modules())
     assert ("kept whole" in found.note) == kept_whole
-    assert found.min_input >= 32 and found.depth is None  # depth: not known on this branch
+    assert found.min_input >= 32
+    with torch.device("meta" if family != "regnet" else "cpu"):
+        example = torch.zeros(1, 3, found.min_input, found.min_input)
+    assert found.depth == bool(droppable_blocks(model.eval(), example))
 
 
 def test_unknown_model_is_a_user_error():
