@@ -173,7 +173,7 @@ def test_models_command_lists_torchvision_models(capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0
     row = next(line.split() for line in out.splitlines() if line.startswith("vit_b_16 "))
-    assert row[:6] == ["vit_b_16", "yes", "yes", "yes", "?", "224"]  # width, heads, N:M, depth unknown, min input
+    assert row[:6] == ["vit_b_16", "yes", "yes", "yes", "yes", "224"]  # width, heads, N:M, depth, min input
 
 
 def test_checkpoint_is_used_instead_of_training(tmp_path, capsys):

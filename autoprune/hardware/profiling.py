@@ -401,7 +401,10 @@ def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None
         a, _, spill = _fit(features(cand[1]), y, cand[0])
         if spill < 0 or a <= 0:  # memory that makes models faster, or a term that ate the slope: noise, not a cache
             del scores[cand]
-    form, cache = min(scores, key=scores.get)
+    # The simplest form within a hair of the best: an extra term that only ties (a "spill" fitted to models that
+    # never outgrow the cache, at zero cost) is not evidence of it. Candidates are listed simplest first.
+    best_score = min(scores.values())
+    form, cache = next(c for c in scores if scores[c] <= best_score + 1e-6)
     a, b, spill = _fit(features(cache), y, form)
     if a <= 0:
         raise UserError("calibration failed: measured latency does not grow with the table's layer sum; "
