@@ -307,7 +307,6 @@ def main() -> None:
         a, f = hv["tpe"]["hv_measured_tight"], hv["tpe-macs"]["hv_measured_tight"]
         verdicts["latency_vs_flops_guided"] = {"tpe": a, "tpe-macs": f,
                                                "beyond_spread": a["mean"] - a["std"] > f["mean"] + f["std"]}
-    headline = None
     cands = [(r2["test_accuracy"], 1 / r2["measured_ratio"], m, r2["seed"]) for m, by in table.items()
              for rows in by.values() for r2 in rows]
     ok = [c for c in cands if c[1] >= 2.0 and (dense_test - c[0]) * 100 <= 1.0]

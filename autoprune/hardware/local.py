@@ -151,9 +151,7 @@ def model_table_hash(profile: HardwareProfile, space: SearchSpace) -> str:
     """A key of the part of the table ``space``'s model is priced from (its layer families' entries, alignment,
     threads): what its calibration depends on. Measuring another model's layers later leaves it unchanged, so
     that model's calibration stays valid."""
-    from autoprune.hardware.profiling import signature_grid
-
-    families = {s.family for s in signature_grid(space, profile.alignment, "fp32", 2)}
+    families = _fp32_families(profile, space)
     digest = hashlib.sha256(f"{profile.alignment} {profile.threads}".encode())
     for entry in sorted(profile.entries, key=lambda e: e.signature.key()):
         if entry.signature.family in families:
@@ -200,11 +198,10 @@ def measure_missing(profile: HardwareProfile, space: SearchSpace, on_progress: P
     foreign = not table_carries_over(profile)
     if foreign:
         profile = _without_families(profile, space)
-    cached = _cached_entries(folder / "entries.json")
+    cached, cached_overhead = _read_cache(folder / "entries.json")
     with_cached = replace(profile, entries=merge_entries(profile.entries, cached)) if cached else profile
-    if foreign and cached:  # the per-call overhead of this machine goes with its entries
-        with_cached = replace(with_cached, call_overhead_ms=_cached_overhead(folder / "entries.json",
-                                                                             profile.call_overhead_ms))
+    if foreign and cached and cached_overhead is not None:  # this machine's per-call overhead goes with its entries
+        with_cached = replace(with_cached, call_overhead_ms=cached_overhead)
     todo = missing_signatures(with_cached, space)
     if not todo:
         return with_cached
@@ -228,33 +225,36 @@ def measure_missing(profile: HardwareProfile, space: SearchSpace, on_progress: P
                                                 "call_overhead_ms": overhead,
                                                 "entries": [e.to_dict() for e in merged]})
     checkpoint.remove()
-    merged = _cached_entries(folder / "entries.json")  # as a later run reads them: the same table, the same key
+    merged, _ = _read_cache(folder / "entries.json")  # as a later run reads them: the same table, the same key
     if on_note:
         on_note(f"measured {len(todo)} layer shapes in {time.perf_counter() - start:.0f} s")
     return replace(profile, entries=merge_entries(profile.entries, merged),
                    call_overhead_ms=overhead if foreign else profile.call_overhead_ms)
 
 
-def _cached_overhead(path: Path, default: float) -> float:
-    data = _read_json(path) or {}
-    return float(data.get("call_overhead_ms", default))
+def _fp32_families(profile: HardwareProfile, space: SearchSpace) -> set:
+    """The fp32 layer families ``space``'s model is priced from on ``profile``'s grid."""
+    from autoprune.hardware.profiling import signature_grid
+
+    return {s.family for s in signature_grid(space, profile.alignment, "fp32", 2)}
 
 
 def _without_families(profile: HardwareProfile, space: SearchSpace) -> HardwareProfile:
     """``profile`` less its fp32 entries of the layer families ``space`` uses."""
-    from autoprune.hardware.profiling import signature_grid
-
-    used = {s.family for s in signature_grid(space, profile.alignment, "fp32", 2)}
+    used = _fp32_families(profile, space)
     return replace(profile, entries=tuple(e for e in profile.entries if e.signature.family not in used))
 
 
-def _cached_entries(path: Path) -> tuple[LatencyEntry, ...]:
+def _read_cache(path: Path) -> tuple[tuple[LatencyEntry, ...], float | None]:
+    """The lazily measured entries cached at ``path`` and the call overhead measured with them (None: none)."""
     data = _read_json(path)
     if not data:
-        return ()
+        return (), None
     fields = ("op", "cin", "cout", "kernel", "stride", "padding", "groups", "in_h", "in_w", "dtype")
-    return tuple(LatencyEntry(LayerSignature(*(e[f] for f in fields)), float(e["mean_ms"]), float(e["std_ms"]),
-                              int(e["n"])) for e in data["entries"])
+    entries = tuple(LatencyEntry(LayerSignature(*(e[f] for f in fields)), float(e["mean_ms"]), float(e["std_ms"]),
+                                 int(e["n"])) for e in data["entries"])
+    overhead = data.get("call_overhead_ms")
+    return entries, None if overhead is None else float(overhead)
 
 
 # --- self-calibration --------------------------------------------------------------------------------------------

@@ -187,11 +187,7 @@ def default_alignment(backend_name: str, precision: str) -> int:
         return 32 if precision == "int8" else 8
     if backend_name == "torch":
         return 1
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 8
-    return 16 if " avx512f" in flags else 8
+    return 16 if runner.cpu_isa() == "avx512f" else 8
 
 
 def merge_entries(old: Iterable[LatencyEntry], new: Iterable[LatencyEntry]) -> tuple[LatencyEntry, ...]:
@@ -396,7 +392,8 @@ def fit_calibration(points: list[PlanPoint], source: str, cache_mb: float | None
     def features(cache: float | None) -> np.ndarray:
         return np.c_[x, np.ones_like(x), np.maximum(0.0, mb - cache) if cache else np.zeros_like(x)]
 
-    scores = {c: _loo_mape(features(c[1]), y, c[0]) for c in candidates} if len(points) >= 2 else {("identity", None): 0.0}
+    scores = ({c: _loo_mape(features(c[1]), y, c[0]) for c in candidates} if len(points) >= 2
+              else {("identity", None): 0.0})
     for cand in [c for c in scores if c[1] is not None]:
         a, _, spill = _fit(features(cand[1]), y, cand[0])
         if spill < 0 or a <= 0:  # memory that makes models faster, or a term that ate the slope: noise, not a cache

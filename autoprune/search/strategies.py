@@ -410,8 +410,9 @@ class Strategy(abc.ABC):
         dense = self.costs.latency_ms(self._plan({}))
         top = min(dense, self.constraints.max_latency_ms or dense)  # under a latency limit, targets up to it
         fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
-        fraction = round((fastest + (top - fastest) * (made + 1) / count) / dense, 6) if top < dense else \
-            round((fastest + (dense - fastest) * (made + 1) / (count + 1)) / dense, 6)
+        # Under a limit the last target is the limit itself; without one it stays below the dense model.
+        share = (made + 1) / (count if top < dense else count + 1)
+        fraction = round((fastest + (top - fastest) * share) / dense, 6)
         ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance)
         if not self._cost_feasible(ratios):
             return False
