@@ -5,7 +5,8 @@ For each case (model at input size) on ``--target cpu`` with a fresh ``AUTOPRUNE
 re-fits the calibration here — is timed, then N held-out random plans (seed 1000; the calibration uses seed 0)
 are timed on this machine, each right after the dense model, in the same run, and the predictions are scored:
 share within ±10% of the measured time, MAPE, Kendall tau, on absolute times and on plan/dense ratios, next to
-the profile as shipped (no calibration here) for contrast.
+the profile as shipped (no calibration here) for contrast. The plans are then timed a second time, the same way:
+how often two measurements of one plan agree is the ceiling for any cost model on this machine.
 
     .venv/bin/python bench/calibration.py [--samples 50] [--big-samples 20] [--big-size 224] [--skip-big]
 """
@@ -58,9 +59,12 @@ def run_case(model_name: str, size: int, samples: int, seed: int) -> dict:
     # Runs per plan sized to ~40 s of timing at this input size; each plan right after as many dense runs.
     probe = device_runner.time_ort(dense_item[0], shape, 1, 2, 5)["median_ms"]
     repeats = int(min(200, max(20, 40e3 / (1.5 * probe * samples))))
-    stats, reference = device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=repeats,
-                                                     rounds=min(10, max(2, repeats // 5)))
+    rounds = min(10, max(2, repeats // 5))
+    stats, reference = device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=repeats, rounds=rounds)
     measure_s = time.time() - t1
+    # The same plans timed again, the same way, right after: how far two measurements of one plan on this machine
+    # agree is the ceiling any cost model scored against one of them can reach.
+    again, _ = device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=repeats, rounds=rounds)
     predicted = [model.predict(space, p).latency_ms for p in plans]
     dense_pred = model.predict(space, dense).latency_ms
     case = {
@@ -73,11 +77,16 @@ def run_case(model_name: str, size: int, samples: int, seed: int) -> dict:
         "ratio": score([p / dense_pred for p in predicted], [s["ratio"] for s in stats]),
         "ratio_cpu_clock": score([p / dense_pred for p in predicted], [s["cpu_ratio"] for s in stats]),
         "ratio_p10": score([p / dense_pred for p in predicted], [s["p10_ratio"] for s in stats]),
+        "repeat_absolute": score([s["median_ms"] for s in again], [s["median_ms"] for s in stats]),
+        "repeat_ratio": score([s["ratio"] for s in again], [s["ratio"] for s in stats]),
+        "second_pass_absolute": score(predicted, [s["median_ms"] for s in again]),
     }
     case["plans"] = [{"predicted_ms": round(p, 4), "measured_ms": round(st["median_ms"], 4),
-                      "measured_ratio": round(st["ratio"], 4), "layer_sum_ms": round(model.layer_sum_ms(space, plan), 4),
+                      "measured_ratio": round(st["ratio"], 4),
+                      "second_pass_ms": round(st2["median_ms"], 4), "second_pass_ratio": round(st2["ratio"], 4),
+                      "layer_sum_ms": round(model.layer_sum_ms(space, plan), 4),
                       "weight_mb": round(model.predict(space, plan).stored_mb, 3)}
-                     for p, st, plan in zip(predicted, stats, plans)]
+                     for p, st, st2, plan in zip(predicted, stats, again, plans)]
     if CostModel(shipped).covers(space) and space.input_shape == (1, 3, 32, 32):
         as_shipped = CostModel(shipped)
         case["shipped_profile_absolute"] = score([as_shipped.predict(space, p).latency_ms for p in plans],
@@ -103,7 +112,18 @@ def markdown(data: dict) -> str:
               "measurement + calibration < 10 min (224×224). 'ratio' = plan / dense, each plan timed right after "
               "the dense model (median of each); 'p10-ratio' the same on the 10th percentile of the runs (the runs "
               "no other process interrupted); 'CPU-clock' on this thread's CPU time. The calibration itself fits "
-              "medians of wall-clock time.", "", "Notes printed by prepare_cost_model:", ""]
+              "medians of wall-clock time."]
+    lines += ["", "Repeatability — the same plans timed a second time, the same way, right after the first pass: "
+              "the share of plans whose two measurements agree within ±10% bounds what any cost model scored "
+              "against one pass can reach.", "",
+              "| case | pass 2 vs pass 1 within ±10% (absolute) | (ratio to dense) | Kendall τ pass 2 vs 1 | "
+              "prediction vs pass 2 within ±10% |", "|---|---|---|---|---|"]
+    for c in data["cases"]:
+        if "repeat_absolute" in c:
+            lines.append(f"| {c['model']} {'x'.join(map(str, c['input_shape']))} | "
+                         f"{c['repeat_absolute']['within_10_pct']}% | {c['repeat_ratio']['within_10_pct']}% | "
+                         f"{c['repeat_absolute']['kendall_tau']} | {c['second_pass_absolute']['within_10_pct']}% |")
+    lines += ["", "Notes printed by prepare_cost_model:", ""]
     for c in data["cases"]:
         lines += [f"- {c['model']} {'x'.join(map(str, c['input_shape']))}: " + " / ".join(c["notes"])]
     return "\n".join(lines)

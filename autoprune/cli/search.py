@@ -125,7 +125,7 @@ def pareto_table(result: SearchResult) -> Table:
 def search(
     model: str = typer.Option(..., "--model", help="torchvision classification model (see `autoprune models`)."),
     target: str = typer.Option(..., "--target", help="hardware profile name, alias (jetson, cpu) or YAML path (see `autoprune targets`)."),
-    data: str = typer.Option("mnist5k", "--data", help="data spec: mnist5k | digits | cifar10[:DIR] | imagefolder:PATH."),
+    data: str = typer.Option("mnist5k", "--data", help="data spec: mnist5k | digits | fashion-mnist[:DIR] | cifar10[:DIR] | cifar100[:DIR] | imagefolder:PATH, optionally ?n=N (a subset)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="state dict of the trained dense model (loaded with weights_only=True); without it a baseline is trained and cached."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a fully pickled model as --checkpoint; unpickling runs code from the file, so only for files you trust."),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights to start from, e.g. DEFAULT (needs network access once)."),
