@@ -9,9 +9,9 @@ over; cached).
 
 Every candidate of every method is timed on this machine with onnxruntime, each right after the dense model so that
 drift cancels in the ratio. Per method and seed: the best candidate by validation accuracy at <= B x the dense
-model's measured latency (--pick-by measured; or predicted) for each budget B is pruned again from the dense model, fine-tuned with the final recipe (`autoprune export`'s, --final-epochs)
-and scored on the test split. Uniform and tp-global do not
-depend on the seed (their sweeps are fixed), so they run once and pair with every seed.
+model's measured latency (--pick-by measured; or predicted) for each budget B is pruned again from the dense model,
+fine-tuned with the final recipe (`autoprune export`'s, --final-epochs) and scored on the test split. Uniform and
+tp-global do not depend on the seed (their sweeps are fixed), so they run once and pair with every seed.
 
     .venv/bin/python bench/search_proof.py [--model resnet18] [--data 'fashion-mnist?n=10000'] [--trials 16]
         [--seeds 0 1 2] [--methods uniform tp-global tpe tpe-macs nsga2 rl random] [--budgets 0.35 0.5]
