@@ -73,7 +73,7 @@ def _plan_from_checkpoint(path: Path, space):
         raise UserError(f"checkpoint {str(path)!r} holds no state dict")
     # a droppable block none of whose tensors the checkpoint holds was dropped (it is an identity now)
     dropped = tuple(b.name for b in space.blocks if not any(k.startswith(b.name + ".") for k in state))
-    gone = {g for b in space.blocks if b.name in dropped for g in b.groups}
+    gone = space.dropped_groups(PruningPlan(drop_blocks=dropped))
     keep = {}
     for group in space.groups:
         if group.name in gone:

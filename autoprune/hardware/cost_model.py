@@ -153,7 +153,7 @@ class CostModel:
             notes.append("unstructured sparsity gives no latency gain on this dense target (size shrinks only "
                          "if stored sparse)")
         nm_gain = nm_asked = 0
-        rows.extend((DROPPED_ROW.format(block=b), 0.0) for b in getattr(plan, "drop_blocks", ()))
+        rows.extend((DROPPED_ROW.format(block=b), 0.0) for b in plan.drop_blocks)
         for layer in self._priced(space, dtype, plan):
             sig = pruned_signature(layer, plan, channels, dtype)
             ms = self.layer_ms(sig, space.model, space.input_shape)

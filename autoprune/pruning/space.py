@@ -30,9 +30,9 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models import classifier
-from autoprune.plan import PruningPlan, kept_channels
+from autoprune.plan import PruningPlan, inside, kept_channels
 from autoprune.pruning.attention import HeadAttention, convert_attention
-from autoprune.pruning.depth import droppable_blocks, inside
+from autoprune.pruning.depth import droppable_blocks
 from autoprune.pruning.opaque import (
     convert_shuffles,
     needs_conversion,

@@ -35,19 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 
 import optuna
 import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from dataclasses import replace
-
-from autoprune.plan import PruningPlan
-from autoprune.pruning.depth import inside
+from autoprune.plan import PruningPlan, inside
 from autoprune.search.store import TrialOutcome, declare_strategy_attrs, decode_trials
 from autoprune.search.strategies import (
-    Strategy, extreme_plan, grid_steps, grid_value, register_strategy, searched_groups, snap_down,
+    Strategy, extreme_plan, grid_steps, grid_value, register_strategy, searched_groups, smallest_plan, snap_down,
 )
 
 STATE_DIM = 11
@@ -55,6 +53,12 @@ INFEASIBLE_PENALTY = 0.1
 MEAN_BOUND = 4.0
 WARMUP_SIGMA = 0.0  # recorded as ``rl_sigma`` of a warm-up episode (uniform actions, not policy samples)
 ACTIONS, BUDGET, SIGMA = declare_strategy_attrs("rl", "rl_actions", "rl_budget_ms", "rl_sigma")
+
+
+def _layer_flops(layer) -> float:
+    """A dense layer's multiply-accumulates as the state features count them (output size as input / stride)."""
+    out_hw = max(1, layer.in_h // max(1, layer.stride)) * max(1, layer.in_w // max(1, layer.stride))
+    return layer.in_channels / layer.groups * layer.out_channels * layer.kernel ** 2 * out_hw
 
 
 @contextlib.contextmanager
@@ -129,8 +133,7 @@ class RLStrategy(Strategy):
         first: dict[str, object] = {}
         for layer in self.space.layers:
             if layer.out_group in flops:
-                out_hw = max(1, layer.in_h // max(1, layer.stride)) * max(1, layer.in_w // max(1, layer.stride))
-                flops[layer.out_group] += layer.in_channels / layer.groups * layer.out_channels * layer.kernel ** 2 * out_hw
+                flops[layer.out_group] += _layer_flops(layer)
                 first.setdefault(layer.out_group, layer)
         total = sum(flops.values()) or 1.0
         widest = max((g.channels for g in self.groups), default=1)
@@ -148,9 +151,7 @@ class RLStrategy(Strategy):
     def _block_features(self, blocks: list[str]) -> list[list[float]]:
         """Per droppable block: position, its share of the FLOPs and the share after it (the width features'
         slots for channels, kernel and stride hold 0)."""
-        flops = [layer.in_channels / layer.groups * layer.out_channels * layer.kernel ** 2
-                 * max(1, layer.in_h // max(1, layer.stride)) * max(1, layer.in_w // max(1, layer.stride))
-                 for layer in self.space.layers]
+        flops = [_layer_flops(layer) for layer in self.space.layers]
         total = sum(flops) or 1.0
         names = [layer.name for layer in self.space.layers]
         rows = []
@@ -247,8 +248,7 @@ class RLStrategy(Strategy):
         u = episode / warmup if 0 <= episode < warmup else float(torch.rand((), generator=generator))
         fastest = self.fastest_ms
         if self.depth_blocks():  # the fastest plan drops every droppable block too
-            fastest = self._latency(replace(extreme_plan(self.space, self.importance, "min"),
-                                            drop_blocks=tuple(self.depth_blocks())))
+            fastest = self._latency(smallest_plan(self.space, self.importance, self.depth_blocks()))
         return fastest + u * (self.dense_ms - fastest)
 
     def sigma(self, episode: int) -> float:

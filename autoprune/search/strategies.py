@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -165,13 +166,16 @@ def extreme_plan(space: SearchSpace, importance: str, which: str) -> PruningPlan
     return PruningPlan(keep_ratios=ratios, importance=importance, alignment=space.alignment)
 
 
+def smallest_plan(space: SearchSpace, importance: str, drops: Iterable[str] = ()) -> PruningPlan:
+    """Every searched group at its ``min_keep``, dropping ``drops`` too: the fastest plan a search can make."""
+    return replace(extreme_plan(space, importance, "min"), drop_blocks=tuple(drops))
+
+
 def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Constraints, importance: str,
                            depth: bool = False) -> None:
     """Refuse a latency / parameter limit that even the smallest plan of the space cannot meet (with ``depth``,
     the smallest plan also drops every droppable block)."""
-    smallest = extreme_plan(space, importance, "min")
-    if depth and space.blocks:
-        smallest = replace(smallest, drop_blocks=tuple(space.block_names))
+    smallest = smallest_plan(space, importance, space.block_names if depth else ())
     if constraints.max_latency_ms is not None:
         fastest = costs.latency_ms(smallest)
         if fastest > constraints.max_latency_ms:

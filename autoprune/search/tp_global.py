@@ -36,22 +36,18 @@ class TPGlobalStrategy(Strategy):
     name = "tp-global"
     width_only = True  # Torch-Pruning's global pruning allocates channels; it never drops a block
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._model = None
-
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.seed)
 
     def attach_baseline(self, model) -> None:
-        self._model = model
+        super().attach_baseline(model)
         self._allocation.cache_clear()
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one instance per run; the model is fixed once attached
     def _allocation(self, pruning_ratio: float) -> tuple[tuple[str, float], ...]:
-        if self._model is None:
+        if self.baseline_model is None:
             raise RuntimeError("tp-global needs the trained model: call attach_baseline() before the first trial")
-        return tuple(snapped_global_ratios(self._model, self.space, pruning_ratio).items())
+        return tuple(snapped_global_ratios(self.baseline_model, self.space, pruning_ratio).items())
 
     def ratios_at(self, pruning_ratio: float) -> dict[str, float]:
         return dict(self._allocation(round(pruning_ratio, 6)))
