@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from autoprune.errors import UserError
 from autoprune.search.backends import Executor, Finished, describe_error
-from autoprune.search.evaluator import Guidance
+from autoprune.search.evaluator import Guidance, remaining_gains
 from autoprune.search.pareto import pareto_front
 from autoprune.search.records import TrialRecord, completed_records, pareto_records
 from autoprune.search.storage import LEASE_INTERVALS
@@ -57,16 +57,20 @@ class IsolatedEvaluator:
 
 
 def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
-    """The feasible front and the largest fine-tuning gain so far, for the multi-fidelity decisions."""
-    points, gains = [], []
+    """The feasible front, the largest fine-tuning gain so far and the largest gains from each check of a
+    fine-tune to its end, for the multi-fidelity decisions."""
+    points, gains, curves = [], [], []
     for outcome in completed_outcomes(study):
         m = outcome.measurement
         if outcome.feasible:
             points.append((m.accuracy, m.latency_ms))
         if m.fidelity == "finetuned" and m.finetune_steps:
             gains.append(m.accuracy - m.proxy_accuracy)
+            curves.append(m.curve)
     front = tuple(points[i] for i in pareto_front(points))
-    return Guidance(front=front, max_gain=max(gains, default=0.0), gains_seen=len(gains), constraints=constraints)
+    remaining, seen = remaining_gains(curves)
+    return Guidance(front=front, max_gain=max(gains, default=0.0), gains_seen=len(gains), constraints=constraints,
+                    remaining_gain=remaining, curves_seen=seen)
 
 
 def non_finite(m: Measurement) -> str | None:

@@ -6,8 +6,12 @@ Multi-fidelity (Optuna's trial pruners do not handle multi-objective studies, so
 2. it is fine-tuned only if it could still reach the Pareto front: a candidate that misses the latency or
    parameter limit, or whose proxy accuracy plus the largest fine-tuning gain seen so far (with a margin) is
    still dominated by the current front, is recorded at proxy fidelity;
-3. fine-tuning runs in chunks; after each chunk the candidate is evaluated and fine-tuning is cut short when
-   the current front dominates it by more than ``stop_margin`` accuracy.
+3. fine-tuning runs in chunks; after each chunk k the candidate is evaluated, and fine-tuning is cut short when
+   its accuracy plus the largest gain that fully fine-tuned candidates made from their own chunk k to their end
+   (with the margin ``stop_margin``) is still dominated by the current front. The comparison is at equal
+   fidelity: a candidate a quarter of the way through its cosine schedule, still at a high learning rate, is
+   not held against finished ones. (Holding it against them cut most small candidates short at their first
+   check, and the sampler was then told their low partial accuracies.)
 
 The trial records both accuracies, the fidelity reached and the fine-tuning steps actually spent.
 
@@ -55,9 +59,9 @@ class EvaluatorSettings:
     calibration_batches: int = 2  # for gradient-based importance criteria
     seed: int = 0
     finetune_checks: int = 4  # evaluations during fine-tuning, where it may be cut short
-    stop_margin: float = 0.03  # accuracy by which the front must dominate a candidate to cut it short
+    stop_margin: float = 0.03  # slack on the largest remaining gain seen, when deciding to cut short
     gain_margin: float = 0.05  # slack on the largest fine-tuning gain seen, when deciding to skip
-    min_history: int = 3  # fine-tuned candidates needed before any is skipped
+    min_history: int = 3  # fine-tuned candidates needed before any is skipped or cut short
     distill: bool = False  # fine-tune with knowledge distillation from the dense model
     distill_alpha: float = 0.9  # share of the distillation term in the loss
     distill_temperature: float = 4.0
@@ -68,17 +72,28 @@ class EvaluatorSettings:
 @dataclass(frozen=True)
 class Guidance:
     """What the driver knows when it dispatches a candidate: the feasible front (accuracy, latency_ms) of the
-    finished trials, the largest fine-tuning gain (accuracy - proxy) seen and on how many, and the limits."""
+    finished trials, the largest fine-tuning gain (accuracy - proxy) seen and on how many, and the limits.
+
+    ``remaining_gain[k]``: the largest gain fully fine-tuned candidates made from their check ``k`` to the end
+    of their fine-tune (their curves of ``len(remaining_gain)`` checks), over ``curves_seen`` of them."""
 
     front: tuple[tuple[float, float], ...] = ()
     max_gain: float = 0.0
     gains_seen: int = 0
     constraints: Constraints = field(default_factory=Constraints)
+    remaining_gain: tuple[float, ...] = ()
+    curves_seen: int = 0
 
 
-def dominated_with_margin(accuracy: float, latency_ms: float, front, margin: float) -> bool:
-    """Whether a front point is at least as fast and more than ``margin`` more accurate."""
-    return any(dominates(p, (accuracy + margin, latency_ms)) and p[0] > accuracy + margin for p in front)
+def remaining_gains(curves: list[tuple[tuple[int, float], ...]]) -> tuple[tuple[float, ...], int]:
+    """Per check, the largest ``final - accuracy at that check`` over the fine-tuning ``curves`` (of fully
+    fine-tuned candidates) of the most common length, and how many curves that is."""
+    lengths = [len(c) for c in curves if c]
+    if not lengths:
+        return (), 0
+    n = max(set(lengths), key=lambda k: (lengths.count(k), k))
+    same = [c for c in curves if len(c) == n]
+    return tuple(max(c[-1][1] - c[k][1] for c in same) for k in range(n)), len(same)
 
 
 @dataclass(frozen=True)
@@ -260,9 +275,19 @@ class Evaluator:
             spent = trainer.steps_done
             result = evaluate(model, val, self.data.num_classes, device)
             curve.append((spent, result.accuracy))
-            last = k == len(bounds) - 1
-            if not last and guidance is not None and dominated_with_margin(
-                result.accuracy, latency_ms, guidance.front, s.stop_margin
-            ):
-                return result, spent, curve, f"dominated by the front by more than {s.stop_margin:g} after {spent} steps"
+            cut = self._cut_reason(k, len(bounds), result.accuracy, latency_ms, guidance)
+            if cut:
+                return result, spent, curve, f"{cut} after {spent} steps"
         return result, trainer.steps_done, curve, ""
+
+    def _cut_reason(self, k: int, checks: int, accuracy: float, latency_ms: float, guidance: Guidance | None) -> str:
+        """Why fine-tuning stops after check ``k`` of ``checks`` (empty: it goes on). It stops only when the
+        accuracy now plus the largest gain finished candidates made from the same check on (and the margin) is
+        still dominated by the front; without enough finished curves of this shape it never stops."""
+        if (guidance is None or k >= checks - 1 or guidance.curves_seen < self.settings.min_history
+                or len(guidance.remaining_gain) != checks):
+            return ""
+        optimistic = min(1.0, accuracy + guidance.remaining_gain[k] + self.settings.stop_margin)
+        if any(dominates(p, (optimistic, latency_ms)) for p in guidance.front):
+            return f"dominated by the front even with the largest remaining gain seen (optimistic {optimistic:.3f})"
+        return ""

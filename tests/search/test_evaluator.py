@@ -74,3 +74,30 @@ def test_cuda_candidates_get_the_cpu_latency_figures(evaluator):
     assert int((conv == 0).sum()) >= round(0.5 * conv.numel())  # masks re-applied on the GPU too
     assert abs(gpu.accuracy - cpu.accuracy) < 0.1
     assert next(evaluator.baseline.parameters()).device.type == "cpu"
+
+
+def test_remaining_gains_take_the_largest_gain_from_each_check_to_the_end():
+    from autoprune.search.evaluator import remaining_gains
+
+    curves = [((2, 0.30), (4, 0.60), (6, 0.70)), ((2, 0.50), (4, 0.55), (6, 0.58)), ((3, 0.1), (6, 0.2))]
+    gains, seen = remaining_gains(curves)  # the 3-check curves are the most common shape; the 2-check one is left out
+    assert seen == 2 and gains == pytest.approx((0.40, 0.10, 0.0))
+    assert remaining_gains([]) == ((), 0)
+
+
+def test_a_candidate_is_cut_short_only_against_what_finished_ones_gained_from_the_same_check():
+    from types import SimpleNamespace
+
+    from autoprune.search.evaluator import Guidance
+
+    judge = SimpleNamespace(settings=EvaluatorSettings(stop_margin=0.03, min_history=2))
+    front = ((0.80, 1.0),)  # a finished candidate: 80 % at 1 ms
+    g = Guidance(front=front, remaining_gain=(0.30, 0.10, 0.0), curves_seen=2)
+    cut = lambda k, acc, ms=1.5, guidance=g: Evaluator._cut_reason(judge, k, 3, acc, ms, guidance)  # noqa: E731
+    assert cut(0, 0.50) == ""  # 0.50 + 0.30 + 0.03 could still reach the front: fine-tuning goes on
+    assert "dominated" in cut(0, 0.46)  # 0.46 + 0.33 < 0.80 at a higher latency: cut
+    assert cut(1, 0.68) == "" and "dominated" in cut(1, 0.66)  # later checks expect less gain
+    assert cut(0, 0.10, ms=0.9) == ""  # faster than every front point: never dominated
+    assert cut(2, 0.10) == ""  # the last check ends the fine-tune anyway
+    assert cut(0, 0.10, guidance=Guidance(front=front, remaining_gain=(0.3, 0.1, 0.0), curves_seen=1)) == ""
+    assert cut(0, 0.10, guidance=Guidance(front=front, remaining_gain=(0.3, 0.0), curves_seen=5)) == ""  # other shape
