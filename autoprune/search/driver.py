@@ -56,6 +56,9 @@ class IsolatedEvaluator:
         return IsolatedEvaluator(self.evaluator.with_device(device))
 
 
+SURPLUS_REASON = "interrupted: another driver's trial filled --trials first (the plan is re-queued)"
+
+
 def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
     """The feasible front, the largest fine-tuning gain so far and the largest gains from each check of a
     fine-tune to its end, for the multi-fidelity decisions."""
@@ -158,6 +161,15 @@ class _Driver:
         others = frozenset(o.number for o in mine if o.state == TrialState.RUNNING and o.number not in self.live)
         return counted, others
 
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """Whether the trials of the strategy asked before ``trial`` (running anywhere, or counted) already fill
+        --trials. Trial numbers follow the order of the asks, so of two drivers that asked at once only the
+        later one gives its trial back."""
+        counted, _ = self._counts()
+        before = sum(1 for o in decode_trials(self.study)
+                     if o.strategy == self.strategy.name and o.state == TrialState.RUNNING and o.number < trial.number)
+        return counted + before >= self.trials
+
     def _front(self) -> list[TrialRecord]:
         return pareto_records(completed_records(self.study))
 
@@ -173,6 +185,12 @@ class _Driver:
             if before_error:
                 raise RuntimeError(before_error)
             plan = self.strategy.propose(self.study, trial)
+            if self._surplus(trial):
+                # Another driver asked between this one's count and its ask: the trials asked before this one
+                # already fill --trials. Give it back (its plan re-queued, for a resume with more trials).
+                self.store.requeue(trial, SURPLUS_REASON)
+                self.asked = None
+                return 0
             hint = guidance(self.study, self.constraints) if self.multi_fidelity else None
             self.live[trial.number] = trial
             self.executor.submit(trial.number, plan, hint)
