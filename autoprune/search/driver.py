@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from autoprune.errors import UserError
 from autoprune.search.backends import Executor, Finished, describe_error
-from autoprune.search.evaluator import Guidance, remaining_gains
+from autoprune.search.evaluator import Guidance, rungs_of
 from autoprune.search.pareto import pareto_front
 from autoprune.search.records import TrialRecord, completed_records, pareto_records
 from autoprune.search.storage import LEASE_INTERVALS
@@ -60,8 +60,8 @@ SURPLUS_REASON = "interrupted: another driver's trial filled --trials first (the
 
 
 def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
-    """The feasible front, the largest fine-tuning gain so far and the largest gains from each check of a
-    fine-tune to its end, for the multi-fidelity decisions."""
+    """The feasible front, the largest fine-tuning gain so far and the feasible finished candidates' accuracy at
+    each check of their fine-tune, for the multi-fidelity decisions."""
     points, gains, curves = [], [], []
     for outcome in completed_outcomes(study):
         m = outcome.measurement
@@ -69,11 +69,12 @@ def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
             points.append((m.accuracy, m.latency_ms))
         if m.fidelity == "finetuned" and m.finetune_steps:
             gains.append(m.accuracy - m.proxy_accuracy)
-            curves.append(m.curve)
+            if outcome.feasible:
+                curves.append((m.curve, m.latency_ms))
     front = tuple(points[i] for i in pareto_front(points))
-    remaining, seen = remaining_gains(curves)
+    rungs, seen = rungs_of(curves)
     return Guidance(front=front, max_gain=max(gains, default=0.0), gains_seen=len(gains), constraints=constraints,
-                    remaining_gain=remaining, curves_seen=seen)
+                    rungs=rungs, curves_seen=seen)
 
 
 def non_finite(m: Measurement) -> str | None:

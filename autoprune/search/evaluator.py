@@ -7,11 +7,10 @@ Multi-fidelity (Optuna's trial pruners do not handle multi-objective studies, so
    parameter limit, or whose proxy accuracy plus the largest fine-tuning gain seen so far (with a margin) is
    still dominated by the current front, is recorded at proxy fidelity;
 3. fine-tuning runs in chunks; after each chunk k the candidate is evaluated, and fine-tuning is cut short when
-   its accuracy plus the largest gain that fully fine-tuned candidates made from their own chunk k to their end
-   (with the margin ``stop_margin``) is still dominated by the current front. The comparison is at equal
-   fidelity: a candidate a quarter of the way through its cosine schedule, still at a high learning rate, is
-   not held against finished ones. (Holding it against them cut most small candidates short at their first
-   check, and the sampler was then told their low partial accuracies.)
+   a fully fine-tuned candidate at least as fast was more than ``stop_margin`` more accurate at its own chunk k:
+   the comparison is at equal fidelity, as successive halving makes it. A candidate a quarter of the way through
+   its cosine schedule, still at a high learning rate, is not held against finished ones (that rule cut most
+   small candidates short at their first check, and the sampler was then told their low partial accuracies).
 
 The trial records both accuracies, the fidelity reached and the fine-tuning steps actually spent.
 
@@ -59,7 +58,7 @@ class EvaluatorSettings:
     calibration_batches: int = 2  # for gradient-based importance criteria
     seed: int = 0
     finetune_checks: int = 4  # evaluations during fine-tuning, where it may be cut short
-    stop_margin: float = 0.03  # slack on the largest remaining gain seen, when deciding to cut short
+    stop_margin: float = 0.03  # accuracy by which a faster candidate must lead at equal fidelity to cut short
     gain_margin: float = 0.05  # slack on the largest fine-tuning gain seen, when deciding to skip
     min_history: int = 3  # fine-tuned candidates needed before any is skipped or cut short
     distill: bool = False  # fine-tune with knowledge distillation from the dense model
@@ -74,26 +73,27 @@ class Guidance:
     """What the driver knows when it dispatches a candidate: the feasible front (accuracy, latency_ms) of the
     finished trials, the largest fine-tuning gain (accuracy - proxy) seen and on how many, and the limits.
 
-    ``remaining_gain[k]``: the largest gain fully fine-tuned candidates made from their check ``k`` to the end
-    of their fine-tune (their curves of ``len(remaining_gain)`` checks), over ``curves_seen`` of them."""
+    ``rungs[k]``: (accuracy at check ``k``, latency_ms) of the feasible fully fine-tuned candidates whose curves
+    have ``len(rungs)`` checks, ``curves_seen`` of them."""
 
     front: tuple[tuple[float, float], ...] = ()
     max_gain: float = 0.0
     gains_seen: int = 0
     constraints: Constraints = field(default_factory=Constraints)
-    remaining_gain: tuple[float, ...] = ()
+    rungs: tuple[tuple[tuple[float, float], ...], ...] = ()
     curves_seen: int = 0
 
 
-def remaining_gains(curves: list[tuple[tuple[int, float], ...]]) -> tuple[tuple[float, ...], int]:
-    """Per check, the largest ``final - accuracy at that check`` over the fine-tuning ``curves`` (of fully
-    fine-tuned candidates) of the most common length, and how many curves that is."""
-    lengths = [len(c) for c in curves if c]
+def rungs_of(finished: list[tuple[tuple[tuple[int, float], ...], float]]
+             ) -> tuple[tuple[tuple[tuple[float, float], ...], ...], int]:
+    """Per check, the (accuracy at that check, latency_ms) of the ``finished`` (curve, latency_ms) pairs whose
+    curves have the most common length, and how many pairs that is."""
+    lengths = [len(c) for c, _ in finished if c]
     if not lengths:
         return (), 0
     n = max(set(lengths), key=lambda k: (lengths.count(k), k))
-    same = [c for c in curves if len(c) == n]
-    return tuple(max(c[-1][1] - c[k][1] for c in same) for k in range(n)), len(same)
+    same = [(c, ms) for c, ms in finished if len(c) == n]
+    return tuple(tuple((c[k][1], ms) for c, ms in same) for k in range(n)), len(same)
 
 
 @dataclass(frozen=True)
@@ -281,13 +281,15 @@ class Evaluator:
         return result, trainer.steps_done, curve, ""
 
     def _cut_reason(self, k: int, checks: int, accuracy: float, latency_ms: float, guidance: Guidance | None) -> str:
-        """Why fine-tuning stops after check ``k`` of ``checks`` (empty: it goes on). It stops only when the
-        accuracy now plus the largest gain finished candidates made from the same check on (and the margin) is
-        still dominated by the front; without enough finished curves of this shape it never stops."""
+        """Why fine-tuning stops after check ``k`` of ``checks`` (empty: it goes on): a fully fine-tuned candidate
+        at least as fast was more than ``stop_margin`` more accurate at its own check ``k``. Without enough
+        finished curves of this shape it never stops."""
         if (guidance is None or k >= checks - 1 or guidance.curves_seen < self.settings.min_history
-                or len(guidance.remaining_gain) != checks):
+                or len(guidance.rungs) != checks):
             return ""
-        optimistic = min(1.0, accuracy + guidance.remaining_gain[k] + self.settings.stop_margin)
-        if any(dominates(p, (optimistic, latency_ms)) for p in guidance.front):
-            return f"dominated by the front even with the largest remaining gain seen (optimistic {optimistic:.3f})"
+        margin = self.settings.stop_margin
+        better = [a for a, ms in guidance.rungs[k] if ms <= latency_ms and a > accuracy + margin]
+        if better:
+            return (f"a faster finished candidate was {max(better) - accuracy:.3f} more accurate at the same check "
+                    f"(margin {margin:g})")
         return ""

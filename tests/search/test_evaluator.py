@@ -76,28 +76,31 @@ def test_cuda_candidates_get_the_cpu_latency_figures(evaluator):
     assert next(evaluator.baseline.parameters()).device.type == "cpu"
 
 
-def test_remaining_gains_take_the_largest_gain_from_each_check_to_the_end():
-    from autoprune.search.evaluator import remaining_gains
+def test_rungs_hold_each_finished_candidates_accuracy_at_each_check():
+    from autoprune.search.evaluator import rungs_of
 
-    curves = [((2, 0.30), (4, 0.60), (6, 0.70)), ((2, 0.50), (4, 0.55), (6, 0.58)), ((3, 0.1), (6, 0.2))]
-    gains, seen = remaining_gains(curves)  # the 3-check curves are the most common shape; the 2-check one is left out
-    assert seen == 2 and gains == pytest.approx((0.40, 0.10, 0.0))
-    assert remaining_gains([]) == ((), 0)
+    finished = [(((2, 0.30), (4, 0.60), (6, 0.70)), 1.0), (((2, 0.50), (4, 0.55), (6, 0.58)), 2.0),
+                (((3, 0.1), (6, 0.2)), 0.5)]
+    rungs, seen = rungs_of(finished)  # the 3-check curves are the most common shape; the 2-check one is left out
+    assert seen == 2 and rungs == (((0.30, 1.0), (0.50, 2.0)), ((0.60, 1.0), (0.55, 2.0)), ((0.70, 1.0), (0.58, 2.0)))
+    assert rungs_of([]) == ((), 0)
 
 
-def test_a_candidate_is_cut_short_only_against_what_finished_ones_gained_from_the_same_check():
+def test_a_candidate_is_cut_short_only_against_faster_ones_at_the_same_check():
     from types import SimpleNamespace
 
     from autoprune.search.evaluator import Guidance
 
     judge = SimpleNamespace(settings=EvaluatorSettings(stop_margin=0.03, min_history=2))
-    front = ((0.80, 1.0),)  # a finished candidate: 80 % at 1 ms
-    g = Guidance(front=front, remaining_gain=(0.30, 0.10, 0.0), curves_seen=2)
+    # Two finished candidates: at 1 ms (30 %, 60 %, 70 % at its three checks) and at 2 ms (50 %, 55 %, 58 %).
+    g = Guidance(rungs=(((0.30, 1.0), (0.50, 2.0)), ((0.60, 1.0), (0.55, 2.0)), ((0.70, 1.0), (0.58, 2.0))),
+                 curves_seen=2)
     cut = lambda k, acc, ms=1.5, guidance=g: Evaluator._cut_reason(judge, k, 3, acc, ms, guidance)  # noqa: E731
-    assert cut(0, 0.50) == ""  # 0.50 + 0.30 + 0.03 could still reach the front: fine-tuning goes on
-    assert "dominated" in cut(0, 0.46)  # 0.46 + 0.33 < 0.80 at a higher latency: cut
-    assert cut(1, 0.68) == "" and "dominated" in cut(1, 0.66)  # later checks expect less gain
-    assert cut(0, 0.10, ms=0.9) == ""  # faster than every front point: never dominated
+    assert cut(0, 0.28) == ""  # behind the finished 1-ms candidate's 30 % at check 0 by less than the margin
+    assert "more accurate at the same check" in cut(0, 0.26)  # behind it by more: cut
+    assert cut(0, 0.26, ms=0.9) == ""  # faster than every finished candidate: nothing to compare with
+    assert cut(0, 0.475, ms=2.5) == "" and cut(0, 0.46, ms=2.5)  # slower still: the 2-ms one's 50 % counts too
+    assert "0.130" in cut(1, 0.47)  # at check 1 the 1-ms candidate had 60 %
     assert cut(2, 0.10) == ""  # the last check ends the fine-tune anyway
-    assert cut(0, 0.10, guidance=Guidance(front=front, remaining_gain=(0.3, 0.1, 0.0), curves_seen=1)) == ""
-    assert cut(0, 0.10, guidance=Guidance(front=front, remaining_gain=(0.3, 0.0), curves_seen=5)) == ""  # other shape
+    assert cut(0, 0.10, guidance=Guidance(rungs=g.rungs, curves_seen=1)) == ""  # too few finished curves
+    assert cut(0, 0.10, guidance=Guidance(rungs=g.rungs[:2], curves_seen=5)) == ""  # curves of another shape
