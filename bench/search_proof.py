@@ -80,7 +80,8 @@ def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_
         plan = PruningPlan.from_dict(t.measurement.plan)
         cands.append({"trial": t.number, "plan": plan, "val_accuracy": t.measurement.accuracy,
                       "predicted_ms": costs.latency_ms(plan), "fidelity": t.measurement.fidelity,
-                      "finetune_steps": t.measurement.finetune_steps})
+                      # a plan the study had measured before is recorded again, not fine-tuned again
+                      "finetune_steps": t.measurement.finetune_steps if t.reused_from is None else 0})
     return {"method": name, "seed": seed, "budget_ms": limit_ms, "seconds": round(seconds, 1), "candidates": cands,
             "finetune_steps": sum(c["finetune_steps"] for c in cands), "loadavg_at_end": _common.loadavg()}
 

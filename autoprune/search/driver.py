@@ -13,6 +13,7 @@ live driver's trial to that driver once it has waited a full lease without a cha
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -25,7 +26,9 @@ from autoprune.search.evaluator import Guidance, rungs_of
 from autoprune.search.pareto import pareto_front
 from autoprune.search.records import TrialRecord, completed_records, pareto_records
 from autoprune.search.storage import LEASE_INTERVALS
-from autoprune.search.store import Measurement, StudyStore, completed_outcomes, decode_trials, trial_attrs
+from autoprune.search.store import (
+    Measurement, StudyStore, TrialOutcome, completed_outcomes, decode_trials, trial_attrs,
+)
 from autoprune.search.strategies import Constraints, Strategy
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -171,6 +174,17 @@ class _Driver:
                      if o.strategy == self.strategy.name and o.state == TrialState.RUNNING and o.number < trial.number)
         return counted + before >= self.trials
 
+    def _evaluated_before(self, plan) -> TrialOutcome | None:
+        """A completed trial of the study that measured exactly ``plan`` at full fidelity (fine-tuned for its
+        whole budget, or no fine-tune asked), if there is one."""
+        wanted = json.dumps(plan.to_dict(), sort_keys=True)
+        for outcome in completed_outcomes(self.study):
+            m = outcome.measurement
+            if ((m.fidelity == "finetuned" or m.finetune_budget == 0)
+                    and json.dumps(dict(m.plan), sort_keys=True) == wanted):
+                return outcome
+        return None
+
     def _front(self) -> list[TrialRecord]:
         return pareto_records(completed_records(self.study))
 
@@ -191,6 +205,14 @@ class _Driver:
                 # already fill --trials. Give it back (its plan re-queued, for a resume with more trials).
                 self.store.requeue(trial, SURPLUS_REASON)
                 self.asked = None
+                return 0
+            earlier = self._evaluated_before(plan)
+            if earlier is not None:
+                # The evaluator is seeded: the same plan would measure the same. Record the earlier measurement,
+                # marked as such, instead of spending a fine-tune on it again.
+                self.asked = None
+                self.store.set_attrs(trial, trial_attrs(reused_from=earlier.number))
+                self._tell(trial, earlier.measurement)
                 return 0
             hint = guidance(self.study, self.constraints) if self.multi_fidelity else None
             self.live[trial.number] = trial

@@ -42,8 +42,8 @@ STALE_REASON = "interrupted: its driver stopped renewing the trial's lease (hear
 INTERRUPTED = "interrupted"  # prefix of every reason that is not the candidate's own fault
 
 # Trial attribute keys (one place). Strategy keys are declared by the strategies themselves.
-STRATEGY, FAIL_REASON, ATTEMPTS, RETRY_OF, FEASIBLE, CONSTRAINTS = (
-    "strategy", "fail_reason", "attempts", "retry_of", "feasible", "constraints")
+STRATEGY, FAIL_REASON, ATTEMPTS, RETRY_OF, FEASIBLE, CONSTRAINTS, REUSED_FROM = (
+    "strategy", "fail_reason", "attempts", "retry_of", "feasible", "constraints", "reused_from")
 _STRATEGY_ATTRS: dict[str, str] = {}  # key -> the strategy (or strategy family) that declared it
 
 
@@ -283,6 +283,7 @@ class TrialOutcome:
     attempts: int = 1
     retry_of: int | None = None
     strategy_attrs: Mapping[str, Any] = field(default_factory=dict)
+    reused_from: int | None = None  # the measurement is that of an earlier trial of the same plan (not re-run)
 
     @property
     def interrupted(self) -> bool:
@@ -305,6 +306,7 @@ def decode_trial(trial: FrozenTrial) -> TrialOutcome:
             fail_reason=reason, attempts=int(a.get(ATTEMPTS, 1)),
             retry_of=int(a[RETRY_OF]) if RETRY_OF in a else None,
             strategy_attrs={k: a[k] for k in _STRATEGY_ATTRS if k in a},
+            reused_from=int(a[REUSED_FROM]) if REUSED_FROM in a else None,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"trial {trial.number} was not recorded by this autoprune version ({type(err).__name__}: "
@@ -320,14 +322,16 @@ def completed_outcomes(study: optuna.Study) -> list[TrialOutcome]:
 
 
 def trial_attrs(strategy: str | None = None, retry_of: int | None = None, attempts: int | None = None,
-                fail_reason: str | None = None, strategy_attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                fail_reason: str | None = None, strategy_attrs: Mapping[str, Any] | None = None,
+                reused_from: int | None = None) -> dict[str, Any]:
     """The codec's write side for the driver's bookkeeping attributes (only what is set)."""
     attrs: dict[str, Any] = {}
     for key in strategy_attrs or {}:
         if key not in _STRATEGY_ATTRS:
             raise ValueError(f"strategy attribute {key!r} was not declared (declare_strategy_attrs)")
     attrs.update(strategy_attrs or {})
-    for key, value in ((STRATEGY, strategy), (RETRY_OF, retry_of), (ATTEMPTS, attempts), (FAIL_REASON, fail_reason)):
+    for key, value in ((STRATEGY, strategy), (RETRY_OF, retry_of), (ATTEMPTS, attempts), (FAIL_REASON, fail_reason),
+                       (REUSED_FROM, reused_from)):
         if value is not None:
             attrs[key] = value
     return attrs

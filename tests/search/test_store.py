@@ -3,6 +3,8 @@ memory); the lease and failure isolation on a real SQLite study with the synthet
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 import sqlalchemy.exc
@@ -208,3 +210,20 @@ def test_of_two_drivers_that_ask_at_once_the_later_gives_its_trial_back(tmp_path
     assert driver._counts() == (0, frozenset({held.number}))  # the given-back trial does not count
     store.close()
     other.close()
+
+
+def test_a_plan_measured_before_in_the_study_is_recorded_again_without_a_second_evaluation(tmp_path):
+    problem = SyntheticProblem(groups=3, seed=0)
+    store, _ = _store(tmp_path)
+    strategy = create_strategy("uniform", problem.space, "l1", 0, 24, Constraints(), problem)
+    evaluator = SyntheticEvaluator(problem)
+    optimize(store, strategy, LocalExecutor(evaluator), 24, multi_fidelity=False)
+    outcomes = [o for o in decode_trials(store.study) if o.state == TrialState.COMPLETE]
+    plans = [json.dumps(dict(o.measurement.plan), sort_keys=True) for o in outcomes]
+    reused = [o for o in outcomes if o.reused_from is not None]
+    assert len(outcomes) == 24 and reused  # 24 ratios on a grid of 17 keep values repeat plans
+    assert evaluator.calls == len(set(plans)) == 24 - len(reused)  # each distinct plan evaluated once
+    by_number = {o.number: o for o in outcomes}
+    for o in reused:
+        assert o.measurement == by_number[o.reused_from].measurement and by_number[o.reused_from].reused_from is None
+    store.close()
