@@ -55,14 +55,17 @@ def environment() -> dict:
     }
 
 
-def load_sentence(mean_load: float, cores: int | None = None) -> str:
-    """How loaded the machine was, in words, from the mean 1-minute load average of a run."""
+def load_sentence(mean_load: float, cores: int | None = None, own_threads: int | None = None) -> str:
+    """How loaded the machine was, in words, from the mean 1-minute load average of a run. The run's own compute
+    threads (``own_threads``; default ``OMP_NUM_THREADS``, else every core) count as its own load, not as others'."""
     cores = cores or os.cpu_count() or 1
-    if mean_load <= cores * 0.75:
+    own = min(cores, own_threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or cores)
+    others = round(max(0.0, mean_load - own), 2)
+    if others <= 0.5:
         return (f"a quiet machine (mean 1-minute load average {mean_load} on {cores} cores, about this run's own "
-                "work)")
-    return (f"{cores} cores shared with other jobs (mean 1-minute load average {mean_load}): timings include "
-            "their load and are pessimistic")
+                f"{own} thread(s))")
+    return (f"{cores} cores shared with other jobs (mean 1-minute load average {mean_load}, about {others} beyond "
+            f"this run's own {own} thread(s)): timings include their load and are pessimistic")
 
 
 class LoadSampler:
