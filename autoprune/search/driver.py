@@ -59,9 +59,6 @@ class IsolatedEvaluator:
         return IsolatedEvaluator(self.evaluator.with_device(device))
 
 
-SURPLUS_REASON = "interrupted: another driver's trial filled --trials first (the plan is re-queued)"
-
-
 def guidance(study: optuna.Study, constraints: Constraints) -> Guidance:
     """The feasible front, the largest fine-tuning gain so far and the feasible finished candidates' accuracy at
     each check of their fine-tune, for the multi-fidelity decisions."""
@@ -165,15 +162,6 @@ class _Driver:
         others = frozenset(o.number for o in mine if o.state == TrialState.RUNNING and o.number not in self.live)
         return counted, others
 
-    def _surplus(self, trial: optuna.Trial) -> bool:
-        """Whether the trials of the strategy asked before ``trial`` (running anywhere, or counted) already fill
-        --trials. Trial numbers follow the order of the asks, so of two drivers that asked at once only the
-        later one gives its trial back."""
-        counted, _ = self._counts()
-        before = sum(1 for o in decode_trials(self.study)
-                     if o.strategy == self.strategy.name and o.state == TrialState.RUNNING and o.number < trial.number)
-        return counted + before >= self.trials
-
     def _evaluated_before(self, plan) -> TrialOutcome | None:
         """A completed trial of the study that measured exactly ``plan`` at full fidelity (fine-tuned for its
         whole budget, or no fine-tune asked), if there is one."""
@@ -189,7 +177,8 @@ class _Driver:
         return pareto_records(completed_records(self.study))
 
     def _ask(self) -> int:
-        """Ask one trial and put it in flight; returns 1 if it failed (and so already counts), else 0."""
+        """Ask one trial and put it in flight; returns 1 if it needs nothing more here (it failed, or was recorded
+        from an earlier measurement) and so already counts, else 0."""
         before_error = None
         try:
             self.strategy.before_ask(self.study)
@@ -200,12 +189,6 @@ class _Driver:
             if before_error:
                 raise RuntimeError(before_error)
             plan = self.strategy.propose(self.study, trial)
-            if self._surplus(trial):
-                # Another driver asked between this one's count and its ask: the trials asked before this one
-                # already fill --trials. Give it back (its plan re-queued, for a resume with more trials).
-                self.store.requeue(trial, SURPLUS_REASON)
-                self.asked = None
-                return 0
             earlier = self._evaluated_before(plan)
             if earlier is not None:
                 # The evaluator is seeded: the same plan would measure the same. Record the earlier measurement,
@@ -213,7 +196,7 @@ class _Driver:
                 self.asked = None
                 self.store.set_attrs(trial, trial_attrs(reused_from=earlier.number))
                 self._tell(trial, earlier.measurement)
-                return 0
+                return 1
             hint = guidance(self.study, self.constraints) if self.multi_fidelity else None
             self.live[trial.number] = trial
             self.executor.submit(trial.number, plan, hint)

@@ -146,10 +146,13 @@ def test_prediction_takes_well_under_a_millisecond(resnet_space):
     model = CostModel(table_profile(resnet_space))
     plan = PruningPlan.uniform(resnet_space.group_names, 0.6, alignment=16)
     model.predict(resnet_space, plan)
-    start = time.perf_counter()
-    for _ in range(50):
-        model.predict(resnet_space, plan)
-    assert (time.perf_counter() - start) / 50 < 1e-3
+    per_plan = []
+    for _ in range(5):  # the best of five rounds: other jobs on a shared machine only ever slow a round down
+        start = time.perf_counter()
+        for _ in range(10):
+            model.predict(resnet_space, plan)
+        per_plan.append((time.perf_counter() - start) / 10)
+    assert min(per_plan) < 1e-3, per_plan
 
 
 def test_pooling_layers_are_priced_by_the_channels_of_the_group_feeding_them(resnet_space):

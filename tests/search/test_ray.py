@@ -64,8 +64,10 @@ def test_parallel_trials_and_a_killed_worker_on_a_local_runtime(tmp_path):
     assert len(pids) >= 2 and os.getpid() not in pids  # evaluated in worker processes, two at a time
     assert wall < 60  # 6 trials of 0.5 s, two at a time, plus worker start-up; 43 s seen at load 7 on 2 cores
     local = _search(LocalExecutor(SyntheticEvaluator(problem)), 6, problem)
-    shape = _shape(local)
-    assert [(s, p, tuple(a for a in attrs if a != "attempts")) for s, p, attrs in _shape(study)] == shape
+    # Which plans repeat (recorded with reused_from) depends on the order trials finish in: not compared.
+    same = lambda records: [(s, p, tuple(a for a in attrs if a not in ("attempts", "reused_from")))  # noqa: E731
+                            for s, p, attrs in records]
+    assert same(_shape(study)) == same(_shape(local))
 
 
 def test_worker_that_keeps_dying_fails_the_trial_with_the_reason(tmp_path):

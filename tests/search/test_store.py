@@ -189,29 +189,6 @@ def test_a_trial_whose_lease_expired_is_requeued_at_most_worker_retries_times(tm
     live.close()
 
 
-def test_of_two_drivers_that_ask_at_once_the_later_gives_its_trial_back(tmp_path):
-    from autoprune.search.driver import SURPLUS_REASON, _Driver
-    from autoprune.search.runner import SilentReporter
-
-    problem = SyntheticProblem(groups=3, seed=0)
-    store, _ = _store(tmp_path)
-    other, _ = _store(tmp_path)
-    strategy = create_strategy("random", problem.space, "l1", 0, 1, Constraints(), problem)
-    store.study.sampler = other.study.sampler = strategy.sampler()
-    held = other.ask("random")  # the other driver's ask lands after this one counted 0 of --trials 1
-    strategy.propose(other.study, held)
-    executor = LocalExecutor(IsolatedEvaluator(SyntheticEvaluator(problem)))
-    driver = _Driver(store, strategy, executor, 1, Constraints(), SilentReporter(), False)
-    assert driver._ask() == 0 and not driver.live  # nothing was put in flight
-    mine = decode_trials(store.study)[1]
-    assert (mine.state, mine.fail_reason) == (TrialState.FAIL, SURPLUS_REASON)
-    waiting = store.study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == mine.number  # the plan is kept for a resume
-    assert driver._counts() == (0, frozenset({held.number}))  # the given-back trial does not count
-    store.close()
-    other.close()
-
-
 def test_a_plan_measured_before_in_the_study_is_recorded_again_without_a_second_evaluation(tmp_path):
     problem = SyntheticProblem(groups=3, seed=0)
     store, _ = _store(tmp_path)
