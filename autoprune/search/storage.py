@@ -97,6 +97,8 @@ def lost_connection(err: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
+        if isinstance(seen, sqlalchemy.exc.PendingRollbackError):  # a session a dropped connection left behind
+            return True
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
             return True
         seen = seen.__cause__ or seen.__context__

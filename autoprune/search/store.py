@@ -314,7 +314,8 @@ def decode_trial(trial: FrozenTrial) -> TrialOutcome:
 
 
 def decode_trials(study: optuna.Study, states: Iterable[TrialState] | None = None) -> list[TrialOutcome]:
-    return [decode_trial(t) for t in study.get_trials(deepcopy=False, states=tuple(states) if states else None)]
+    trials = with_retry(study.get_trials, deepcopy=False, states=tuple(states) if states else None)
+    return [decode_trial(t) for t in trials]
 
 
 def completed_outcomes(study: optuna.Study) -> list[TrialOutcome]:
