@@ -98,6 +98,22 @@ def mean_spread(values) -> dict:
             "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
 
 
+def point_differences(diffs) -> dict:
+    """Paired accuracy differences, in points: mean, min, max and how many."""
+    diffs = list(diffs)
+    return {"mean_points": round(statistics.mean(diffs), 2), "min_points": round(min(diffs), 2),
+            "max_points": round(max(diffs), 2), "n": len(diffs)}
+
+
+def search_goals(vs_uniform: dict | None, vs_tp_global: dict | None) -> dict:
+    """Issue 17's goals on paired point differences: >= 1 point over uniform and >= 0.5 over tp-global, in the
+    mean and with every seed ahead."""
+    return {"vs_uniform": vs_uniform, "vs_tp_global": vs_tp_global,
+            "goal_uniform_1pt": bool(vs_uniform and vs_uniform["mean_points"] >= 1.0 and vs_uniform["min_points"] > 0),
+            "goal_tp_global_0.5pt": bool(vs_tp_global and vs_tp_global["mean_points"] >= 0.5
+                                         and vs_tp_global["min_points"] > 0)}
+
+
 def write(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -136,19 +135,14 @@ def main() -> None:
         theirs = [r[key]["test_accuracy"] for r in rows if r["method"] == other and r["budget"] == b]
         if not mine or not theirs:
             return None
-        diffs = [(a - theirs[0]) * 100 for a in mine.values()]
-        return {"mean_points": round(statistics.mean(diffs), 2), "min_points": round(min(diffs), 2),
-                "max_points": round(max(diffs), 2), "n": len(diffs)}
+        return _common.point_differences((a - theirs[0]) * 100 for a in mine.values())
 
     verdicts = {}
     for b in budgets:
         for m in sorted({r["method"] for r in rows} - {"uniform", "tp-global"}):
             for key in ("search_pick", "refined_pick"):
-                vu, vg = paired(m, "uniform", b, key), paired(m, "tp-global", b, key)
-                verdicts[f"{m}@{b} {key}"] = {
-                    "vs_uniform": vu, "vs_tp_global": vg,
-                    "goal_uniform_1pt": bool(vu and vu["mean_points"] >= 1.0 and vu["min_points"] > 0),
-                    "goal_tp_global_0.5pt": bool(vg and vg["mean_points"] >= 0.5 and vg["min_points"] > 0)}
+                verdicts[f"{m}@{b} {key}"] = _common.search_goals(paired(m, "uniform", b, key),
+                                                                  paired(m, "tp-global", b, key))
     summary = load.summary()
     out = {"environment": env, "args": vars(args), "source": args.source, "model": sa["model"], "data": sa["data"],
            "dense": {"test_accuracy": dense_test, f"test_accuracy_after_{args.final_epochs}_epochs": dense_tuned,

@@ -293,19 +293,13 @@ def main() -> None:
         else:
             t = {r["seed"]: r["test_accuracy"] for r in theirs}
             diffs = [(mine[s] - t[s]) * 100 for s in mine if s in t]
-        return {"mean_points": round(statistics.mean(diffs), 2), "min_points": round(min(diffs), 2),
-                "max_points": round(max(diffs), 2), "n": len(diffs)}
+        return _common.point_differences(diffs)
 
     learned = [m for m in args.methods if m not in SEED_FREE and m not in ("random", "tpe-macs")]
     verdicts = {}
     for b in args.budgets:
         for m in learned:
-            vu, vg = paired(m, "uniform", b), paired(m, "tp-global", b)
-            verdicts[f"{m}@{b}"] = {
-                "vs_uniform": vu, "vs_tp_global": vg,
-                "goal_uniform_1pt": bool(vu and vu["mean_points"] >= 1.0 and vu["min_points"] > 0),
-                "goal_tp_global_0.5pt": bool(vg and vg["mean_points"] >= 0.5 and vg["min_points"] > 0),
-            }
+            verdicts[f"{m}@{b}"] = _common.search_goals(paired(m, "uniform", b), paired(m, "tp-global", b))
 
     def hv_stats(method, key):
         vals = [r[key] for r in runs if r["method"] == method]

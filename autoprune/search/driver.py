@@ -165,7 +165,7 @@ class _Driver:
     def _evaluated_before(self, plan) -> TrialOutcome | None:
         """A completed trial of the study that measured exactly ``plan`` at full fidelity (fine-tuned for its
         whole budget, or no fine-tune asked), if there is one."""
-        wanted = json.dumps(plan.to_dict(), sort_keys=True)
+        wanted = plan.to_json()
         for outcome in completed_outcomes(self.study):
             m = outcome.measurement
             if ((m.fidelity == "finetuned" or m.finetune_budget == 0)
