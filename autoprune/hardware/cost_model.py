@@ -26,6 +26,7 @@ BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 OFFSET_ROW = "(other ops: calibration offset)"
 SPILL_ROW = "(weights beyond the {cache:g} MB cache: calibration)"
 DROPPED_ROW = "{block} (dropped block)"
+CALL_ROW = "(runtime call overhead, measured with the table)"
 INT8_SUFFIX = ":int8"  # per-model calibration/validation keys of INT8 records: "resnet18@1x3x32x32:int8"
 
 
@@ -189,6 +190,10 @@ class CostModel:
             rows.append((OFFSET_ROW, calibration.b))
             if calibration.spill_ms_per_mb:
                 rows.append((SPILL_ROW.format(cache=calibration.cache_mb), calibration.spill_ms(stored_mb)))
+        elif profile.call_overhead_ms > 0:
+            # The table's entries are what each layer adds inside one call; a whole model is one call more.
+            # (A calibration's offset already holds it.)
+            rows.append((CALL_ROW, profile.call_overhead_ms))
         total = math.fsum(ms for _, ms in rows)
         source = profile.provenance_source
         if calibrated:

@@ -25,7 +25,7 @@ from autoprune.search.backends import Executor, Finished, describe_error
 from autoprune.search.evaluator import Guidance, rungs_of
 from autoprune.search.pareto import pareto_front
 from autoprune.search.records import TrialRecord, completed_records, pareto_records
-from autoprune.search.storage import LEASE_INTERVALS
+from autoprune.search.storage import LEASE_INTERVALS, lost_connection
 from autoprune.search.store import (
     Measurement, StudyStore, TrialOutcome, completed_outcomes, decode_trials, trial_attrs,
 )
@@ -151,14 +151,22 @@ class _Driver:
             self.store.requeue(trial, reason)
         self.live.clear()
 
+    def _requeue(self, trial: optuna.Trial, reason: str) -> None:
+        try:
+            self.store.requeue(trial, reason)
+        except Exception as err:  # noqa: BLE001 - still down: its lease expires and a run re-queues it then
+            self.reporter.warn(f"trial {trial.number} could not be re-queued ({describe_error(err)}); its lease "
+                               "will expire and it will be re-run")
+
     def _counts(self) -> tuple[int, frozenset[int]]:
         """Trials of the strategy that count toward --trials (completed, or failed for a reason of their own),
-        and the other drivers' trials of the strategy now running."""
+        and the other drivers' trials of the strategy now running. An interrupted trial counts only when it is
+        not re-run: not when a retry of it was enqueued, nor when it was stopped before it had a plan."""
         outcomes = [o for o in decode_trials(self.study) if o.strategy == self.strategy.name or o.retry_of is not None]
         retried = {o.retry_of for o in outcomes if o.retry_of is not None}
         mine = [o for o in outcomes if o.strategy == self.strategy.name]
         counted = sum(1 for o in mine if o.state == TrialState.COMPLETE
-                      or (o.state == TrialState.FAIL and not (o.interrupted and o.number in retried)))
+                      or (o.state == TrialState.FAIL and not (o.interrupted and (o.number in retried or not o.params))))
         others = frozenset(o.number for o in mine if o.state == TrialState.RUNNING and o.number not in self.live)
         return counted, others
 
@@ -203,6 +211,11 @@ class _Driver:
         except Exception as err:  # noqa: BLE001 - a proposal that cannot be made fails its trial only
             self.live.pop(trial.number, None)
             self.asked = None
+            if before_error is None and lost_connection(err):
+                # The plan's fault it is not: the database went away while it was being proposed or checked.
+                # Fail it as interrupted and enqueue it again, so it neither counts nor is lost.
+                self._requeue(trial, f"interrupted: the database connection dropped ({describe_error(err)[:80]})")
+                return 0
             return int(self._failed(trial, before_error or describe_error(err)))
         self.asked = None
         return 0

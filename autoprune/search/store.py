@@ -24,7 +24,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,14 @@ def decode_trial(trial: FrozenTrial) -> TrialOutcome:
                         f"{err}); re-run the search under a new --study name") from err
 
 
+def _decode_planned(trial: FrozenTrial) -> TrialOutcome:
+    """``trial`` decoded with its whole plan: an enqueued plan interrupted before all its parameters were suggested
+    still has them all (Optuna keeps an enqueued trial's parameters as its fixed_params)."""
+    outcome = decode_trial(trial)
+    fixed = trial.system_attrs.get("fixed_params") or {}
+    return replace(outcome, params={**fixed, **outcome.params})
+
+
 def decode_trials(study: optuna.Study, states: Iterable[TrialState] | None = None) -> list[TrialOutcome]:
     trials = with_retry(study.get_trials, deepcopy=False, states=tuple(states) if states else None)
     return [decode_trial(t) for t in trials]
@@ -458,7 +466,7 @@ class StudyStore:
     def requeue(self, trial: optuna.Trial, reason: str) -> None:
         """Fail ``trial`` as interrupted (``reason`` starts with "interrupted") and enqueue its plan again."""
         if self.tell_failed(trial, reason):
-            self._enqueue_retry(decode_trial(self._frozen(trial.number)))
+            self._enqueue_retry(_decode_planned(self._frozen(trial.number)))
 
     def enqueue(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         with_retry(self.study.enqueue_trial, dict(params), user_attrs=dict(attrs), skip_if_exists=False)
@@ -472,13 +480,13 @@ class StudyStore:
             with_retry(optuna.storages.fail_stale_trials, self.study)
 
     def _on_stale(self, trial: FrozenTrial) -> None:
-        outcome = decode_trial(trial)
+        outcome = _decode_planned(trial)
         by_number = {t.number: t for t in decode_trials(self.study)}
         deaths, seen = 1, outcome
         while seen.retry_of is not None and seen.retry_of in by_number:
             seen = by_number[seen.retry_of]
             deaths += seen.fail_reason == STALE_REASON
-        if trial.params and deaths <= self.worker_retries:
+        if outcome.params and deaths <= self.worker_retries:
             self._enqueue_retry(outcome)
             self.warn(f"trial {trial.number} lost its driver mid-trial (lease expired); it will be re-run")
         else:
@@ -509,7 +517,7 @@ class StudyStore:
                 self._lease.release(self._ids.pop(trial.number))
 
     def _frozen(self, number: int) -> FrozenTrial:
-        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        return next(t for t in with_retry(self.study.get_trials, deepcopy=False) if t.number == number)
 
     def _trial_id(self, number: int) -> int:
         return with_retry(self.storage.get_trial_id_from_study_id_trial_number, self._study_id, number)

@@ -10,7 +10,7 @@ import pytest
 
 from autoprune.errors import UserError
 from autoprune.hardware import CostModel, LayerSignature, load_profile, staircase
-from autoprune.hardware.cost_model import OFFSET_ROW, roofline_ms
+from autoprune.hardware.cost_model import CALL_ROW, OFFSET_ROW, roofline_ms
 from autoprune.hardware.profile import Calibration
 from autoprune.hardware.signature import pruned_signature
 from autoprune.models import create_model
@@ -87,6 +87,13 @@ def test_calibration_is_a_times_sum_plus_b(resnet_space):
     assert estimate.latency_ms == pytest.approx(math.fsum(ms for _, ms in estimate.per_layer))
     # Another input shape has no calibration of its own.
     assert "no per-model calibration" in CostModel(raw).predict(resnet_space, plan).source
+    # The entries exclude the runtime's per-call overhead: an uncalibrated model adds it once; a calibrated one
+    # does not (its offset holds it).
+    called = dataclasses.replace(raw, call_overhead_ms=0.02)
+    uncalibrated = CostModel(called).predict(resnet_space, plan)
+    assert uncalibrated.per_layer[-1] == (CALL_ROW, 0.02) and uncalibrated.latency_ms == pytest.approx(layer_sum + 0.02)
+    both = dataclasses.replace(calibrated, call_overhead_ms=0.02)
+    assert CostModel(both).predict(resnet_space, plan).latency_ms == pytest.approx(estimate.latency_ms)
 
 
 def test_memory_term_prices_weights_beyond_the_cache(resnet_space):

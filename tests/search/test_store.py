@@ -19,7 +19,7 @@ from autoprune.search.store import (
     STALE_REASON, DenseBaseline, Measurement, ModelFigures, StudyIdentity, StudyRecord, StudyStore, decode_trial,
     decode_trials, read_study_record, trial_attrs,
 )
-from autoprune.search.strategies import Constraints, create_strategy
+from autoprune.search.strategies import Constraints, create_strategy, param_name, searched_groups
 from autoprune.search.synthetic import SyntheticEvaluator, SyntheticProblem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -153,6 +153,34 @@ def test_a_proposal_that_raises_fails_its_trial(tmp_path):
     optimize(store, strategy, LocalExecutor(IsolatedEvaluator(SyntheticEvaluator(problem))), 3, multi_fidelity=False)
     states = [(t.state, t.fail_reason) for t in decode_trials(store.study)]
     assert states[1] == (TrialState.FAIL, "IndexError: no such group") and len(states) == 3
+    store.close()
+
+
+def test_a_connection_lost_while_proposing_reruns_the_whole_enqueued_plan(tmp_path):
+    problem = SyntheticProblem(groups=3, seed=0)
+    store, _ = _store(tmp_path)
+    strategy = create_strategy("random", problem.space, "l1", 0, 3, Constraints(), problem)
+    group = searched_groups(problem.space)[0]
+    first_param = param_name(group.name)
+    plan = {param_name(g.name): 0.5 for g in searched_groups(problem.space)}
+    real, calls = strategy.propose, []
+
+    def propose(study, trial):
+        calls.append(1)
+        if len(calls) == 1:  # the database restarts after the first parameter was written
+            trial.suggest_float(first_param, group.min_keep, group.max_keep, step=group.step)
+            raise sqlalchemy.exc.OperationalError("INSERT INTO trial_params", {}, Exception("server closed"))
+        return real(study, trial)
+
+    store.enqueue(plan, {})
+    strategy.propose = propose
+    optimize(store, strategy, LocalExecutor(IsolatedEvaluator(SyntheticEvaluator(problem))), 3, multi_fidelity=False)
+    outcomes = decode_trials(store.study)
+    first = outcomes[0]
+    assert first.interrupted and "connection dropped" in first.fail_reason and first.params == {first_param: 0.5}
+    retry = next(o for o in outcomes if o.retry_of == first.number)
+    assert retry.state == TrialState.COMPLETE and dict(retry.params) == plan  # the whole plan, not the one written
+    assert sum(o.state == TrialState.COMPLETE for o in outcomes) == 3 and len(outcomes) == 4  # it did not count
     store.close()
 
 
