@@ -41,8 +41,13 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", help="a subset of the source's budgets (default: all)")
     parser.add_argument("--methods", nargs="+", help="a subset of the source's methods (default: all)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--name", default="refine_picks")
+    parser.add_argument("--replicate", type=int, default=1,
+                        help="N > 1: no refinement; instead give the dense model and each search pick the final "
+                             "recipe under N fine-tune seeds (how much of a pick's test figure is the fine-tune's "
+                             "luck); writes NAME (default replicate_picks)")
+    parser.add_argument("--name", default=None)
     args = parser.parse_args()
+    args.name = args.name or ("replicate_picks" if args.replicate > 1 else "refine_picks")
     started = time.time()
     env, load = _common.environment(), _common.LoadSampler()
 
@@ -71,20 +76,24 @@ def main() -> None:
         raise SystemExit(f"error: the baseline trained here scores {dense_test:.4f} on the test split, the source's "
                          f"{source['dense']['test_accuracy']:.4f}: rerun {args.source} on this machine first")
 
-    def tuned(plan: PruningPlan | None, epochs: int):
-        """The plan (None: the dense model) fine-tuned ``epochs`` of the final recipe: (val, test, seconds)."""
+    def tuned(plan: PruningPlan | None, epochs: int, seed: int = 0):
+        """The plan (None: the dense model) fine-tuned ``epochs`` of the final recipe (its batch order and
+        initialisation-free randomness from ``seed``): (val, test, seconds)."""
         t0 = time.time()
         if plan is None:
             model, masks = copy.deepcopy(baseline), None
         else:
-            pruned = prune(baseline, plan, torch.zeros(shape), seed=0)
+            pruned = prune(copy.deepcopy(baseline), plan, torch.zeros(shape), seed=0)  # prune() works in place
             model, masks = pruned.model, pruned.masks
-        train = data.loader("train", 64, 0)
+        train = data.loader("train", 64, seed)
         recalibrate_bn(model, train, ExportSettings().bn_recalibration_batches)
-        finetune_epochs(model, train, ExportSettings(finetune_epochs=epochs, measure=False, device=args.device), 0,
+        finetune_epochs(model, train, ExportSettings(finetune_epochs=epochs, measure=False, device=args.device), seed,
                         masks, device=args.device)
         return (evaluate(model, val, data.num_classes).accuracy, evaluate(model, test, data.num_classes).accuracy,
                 round(time.time() - t0, 1))
+
+    if args.replicate > 1:
+        return replicate(args, source, tuned, dense_test, env, load, started, len(data.val))
 
     # First the headroom: no pruned pick can be expected to beat the dense model given the same extra epochs.
     dense_val, dense_tuned, dense_s = tuned(None, args.final_epochs)
@@ -151,6 +160,86 @@ def main() -> None:
            "rows": rows, "verdicts": verdicts, "load_average": summary,
            "load_sentence": _common.load_sentence(summary["mean"]), "wall_seconds": round(time.time() - started, 1)}
     _common.write(args.name, out, markdown(out, args))
+
+
+def replicate(args, source, tuned, dense_test, env, load, started, val_size) -> None:
+    """The final recipe's own spread: the dense model and each search pick under ``args.replicate`` seeds."""
+    from autoprune.plan import PruningPlan
+
+    seeds = list(range(args.replicate))
+    budgets = args.budgets or source["args"]["budgets"]
+    dense = [tuned(None, args.final_epochs, k)[1] for k in seeds]
+    print(f"dense + {args.final_epochs} epochs over seeds {seeds}: {[round(a, 4) for a in dense]}", flush=True)
+    plans: dict[str, list[float]] = {}
+    rows = []
+    for method, by in source["picks"].items():
+        if args.methods and method not in args.methods:
+            continue
+        for b, picks in by.items():
+            if float(b) not in budgets:
+                continue
+            for r in picks:
+                k = plan_key(r["plan"])
+                if k not in plans:
+                    plans[k] = [tuned(PruningPlan.from_dict(r["plan"]), args.final_epochs, s)[1] for s in seeds]
+                    print(f"{method} seed {r['seed']} @{b} ({r['measured_ratio']:.3f}): "
+                          f"{[round(a, 4) for a in plans[k]]} (source: {r['test_accuracy']})", flush=True)
+                rows.append({"method": method, "search_seed": r["seed"], "budget": float(b),
+                             "measured_ratio": r["measured_ratio"], "source_test_accuracy": r["test_accuracy"],
+                             "test_accuracies": [round(a, 4) for a in plans[k]]})
+
+    def stats(values):
+        import statistics
+
+        return {"mean": round(statistics.mean(values) * 100, 2),
+                "std": round(statistics.stdev(values) * 100, 2) if len(values) > 1 else 0.0}
+
+    verdicts = {}
+    for b in budgets:
+        base = {m: [x for r in rows if r["method"] == m and r["budget"] == b for x in r["test_accuracies"]]
+                for m in ("uniform", "tp-global")}
+        for m in sorted({r["method"] for r in rows} - {"uniform", "tp-global"}):
+            # Each learned pick's mean over fine-tune seeds, minus the baseline pick's mean over the same seeds.
+            mine = [sum(r["test_accuracies"]) / len(seeds) for r in rows if r["method"] == m and r["budget"] == b]
+
+            def vs(other):
+                theirs = base[other]
+                if not mine or not theirs:
+                    return None
+                return _common.point_differences((a - sum(theirs) / len(theirs)) * 100 for a in mine)
+
+            verdicts[f"{m}@{b}"] = _common.search_goals(vs("uniform"), vs("tp-global"))
+    summary = load.summary()
+    out = {"environment": env, "args": vars(args), "source": args.source, "model": source["args"]["model"],
+           "data": source["args"]["data"], "val_size": val_size, "seeds": seeds,
+           "dense": {"test_accuracy": dense_test, "after_final_epochs": [round(a, 4) for a in dense],
+                     "after_final_epochs_stats": stats(dense)},
+           "rows": [{**r, "stats": stats(r["test_accuracies"])} for r in rows], "verdicts": verdicts,
+           "load_average": summary, "load_sentence": _common.load_sentence(summary["mean"]),
+           "wall_seconds": round(time.time() - started, 1)}
+    _common.write(args.name, out, replicate_markdown(out, args))
+
+
+def replicate_markdown(out, args) -> str:
+    d = out["dense"]
+    lines = [f"{out['model']} on `{out['data']}` (validation split: {out['val_size']} images), the search picks of "
+             f"`{out['source']}`, each pruned again and given the final recipe ({args.final_epochs} epochs of "
+             f"export's) under fine-tune seeds {out['seeds']}, scored on the test split. Dense: "
+             f"{d['test_accuracy'] * 100:.2f} % as trained; after the same {args.final_epochs} epochs "
+             f"**{d['after_final_epochs_stats']['mean']:.2f} ± {d['after_final_epochs_stats']['std']:.2f} %** "
+             f"({', '.join(f'{a * 100:.2f}' for a in d['after_final_epochs'])}). Machine: {out['load_sentence']}.",
+             "", "| method | search seed | budget | measured ratio | test % per fine-tune seed | mean ± std | "
+             "source's figure |", "|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        lines.append(f"| {r['method']} | {r['search_seed']} | {r['budget']} | {r['measured_ratio']:.3f} | "
+                     f"{', '.join(f'{a * 100:.2f}' for a in r['test_accuracies'])} | "
+                     f"{r['stats']['mean']:.2f} ± {r['stats']['std']:.2f} | {r['source_test_accuracy'] * 100:.2f} |")
+    lines += ["", "Paired differences of the seed-mean test accuracy (points; learned search seed k minus the "
+              "baseline's pick, both averaged over the fine-tune seeds):", ""]
+    for k, v in out["verdicts"].items():
+        lines.append(f"- {k}: vs uniform {v['vs_uniform']} (goal ≥ 1 beyond spread: **{v['goal_uniform_1pt']}**); "
+                     f"vs tp-global {v['vs_tp_global']} (goal ≥ 0.5: **{v['goal_tp_global_0.5pt']}**)")
+    return "\n".join(lines)
 
 
 def markdown(out, args) -> str:

@@ -23,6 +23,7 @@ On a GPU machine: `--data cifar10:DIR --device cuda` (the latency figures stay t
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -248,7 +249,8 @@ def main() -> None:
     for (method, seed, b), c in picks.items():
         if c is None or plan_key(c["plan"]) in final:
             continue
-        pruned = prune(baseline, c["plan"], torch.zeros(shape), seed=0)
+        # prune() works in place: each pick starts from its own copy of the dense baseline.
+        pruned = prune(copy.deepcopy(baseline), c["plan"], torch.zeros(shape), seed=0)
         train = data.loader("train", export.batch_size, 0)
         recalibrate_bn(pruned.model, train, export.bn_recalibration_batches)
         steps, _ = finetune_epochs(pruned.model, train, export, 0, pruned.masks,

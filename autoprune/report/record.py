@@ -56,6 +56,8 @@ class DenseRecord:
     size_mb: float
     source: str
     host_latency: HostLatency | None
+    val_size: int | None = None  # validation images the accuracies are measured on (None: not recorded)
+    accuracy_noise_points: float | None = None  # 95 % binomial half-width of such an accuracy, in points
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,7 @@ def build_report(
         latency_provenance=base.latency_provenance, latency_source=base.latency_source,
         params=dense_params, nonzero_params=base.stats.nonzero_params, mflops=base.stats.mflops,
         size_mb=base.stats.size_mb, source=base.source, host_latency=host.get(None),
+        val_size=base.val_size, accuracy_noise_points=base.accuracy_noise_points(),
     )
 
     records = completed_records(study)

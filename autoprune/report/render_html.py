@@ -182,6 +182,8 @@ def render_html(record: ReportRecord) -> str:
     flagged = (_table(flag_header, flag_rows, "flagged") if flag_rows else
                f'<p class="note">No class of any Pareto-optimal candidate drops more than '
                f'{r.class_drop_threshold * 100:.0f} points beyond that candidate\'s average drop.</p>')
+    noise = tables.noise_note(r)
+    noise_note = f'<p class="note">{html.escape(noise)}</p>' if noise else ""
     shape = "x".join(str(d) for d in r.input_shape)
     hv_finals = ", ".join(f"{c.strategy} {c.final:.4f}" for c in r.hypervolume) or "–"
     provenance_note = (
@@ -206,6 +208,7 @@ generated {html.escape(r.generated_at)}</p>
 {plots['pareto-plot']}
 <h2>Pareto-optimal candidates</h2>
 {_table(header, rows, "candidates")}
+{noise_note}
 <h2>Search progress</h2>
 <p class="note">Hypervolume: {html.escape(r.hypervolume_note)}. Final: {html.escape(hv_finals)}.</p>
 {plots['hypervolume-plot']}

@@ -40,6 +40,7 @@ def render_md(record: ReportRecord) -> str:
         "",
         md_table(*tables.candidate_table(r)),
         "",
+        *([tables.noise_note(r), ""] if tables.noise_note(r) else []),
         "## All trials",
         "",
         md_table(

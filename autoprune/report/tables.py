@@ -110,3 +110,15 @@ def _value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     return "–" if value is None else str(value)
+
+
+def noise_note(record) -> str:
+    """One sentence on how far apart two candidates' accuracies must be before the validation split tells them
+    apart; empty for a study that did not record its validation split's size."""
+    d = record.dense
+    if d.accuracy_noise_points is None:
+        return ""
+    return (f"Accuracies are measured on {d.val_size:,} validation images: ±{d.accuracy_noise_points:.1f} points "
+            "(95 %, binomial). Candidates closer than that are not told apart by the search; `autoprune export` "
+            "fine-tunes the one you pick and scores it on the test split where the data has one.")
+

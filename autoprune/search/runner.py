@@ -324,7 +324,7 @@ def _dense_record(config: SearchConfig, prepared: _Prepared, baseline) -> DenseB
         class_names=tuple(str(c) for c in data.class_names), latency_ms=prepared.dense_latency.latency_ms,
         latency_provenance=prepared.dense_latency.provenance, latency_source=prepared.dense_latency.source,
         source=baseline.source, stats=ModelFigures.of(model_stats(baseline.model, config.input_shape)),
-        test_accuracy=test,
+        test_accuracy=test, val_size=len(data.val),
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -150,20 +151,31 @@ class DenseBaseline:
     source: str  # where the weights came from (checkpoint, cache, trained)
     stats: ModelFigures
     test_accuracy: float | None = None  # on the data's official test split, where it has one (never searched on)
+    val_size: int | None = None  # images in the validation split every accuracy here is measured on
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "per_class_accuracy": list(self.per_class_accuracy),
                 "class_names": list(self.class_names), "latency_ms": self.latency_ms,
                 "latency_provenance": self.latency_provenance, "latency_source": self.latency_source,
-                "source": self.source, **self.stats.to_dict(), "test_accuracy": self.test_accuracy}
+                "source": self.source, **self.stats.to_dict(), "test_accuracy": self.test_accuracy,
+                "val_size": self.val_size}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DenseBaseline":
         test = d.get("test_accuracy")  # absent from studies written before the test split was recorded
+        size = d.get("val_size")  # likewise before the validation split's size was
         return cls(float(d["accuracy"]), tuple(float(v) for v in d["per_class_accuracy"]),
                    tuple(str(c) for c in d["class_names"]), float(d["latency_ms"]), str(d["latency_provenance"]),
                    str(d["latency_source"]), str(d["source"]), ModelFigures.from_dict(d),
-                   None if test is None else float(test))
+                   None if test is None else float(test), None if size is None else int(size))
+
+    def accuracy_noise_points(self) -> float | None:
+        """Half-width in points of the 95 % binomial interval of an accuracy like the dense model's on the
+        validation split: how far apart two candidates' figures must be before the split tells them apart."""
+        if not self.val_size:
+            return None
+        p = min(max(self.accuracy, 0.0), 1.0)
+        return 196.0 * math.sqrt(max(p * (1.0 - p), 0.25 / self.val_size) / self.val_size)
 
 
 @dataclass(frozen=True)
@@ -422,7 +434,7 @@ class StudyStore:
         """Write the study record once; a later run (or a second driver) only checks it."""
         self.check_identity(record.identity)
         if read_study_record(self.study) is None:
-                with_retry(self.study.set_user_attr, STUDY_ATTR, record.to_dict())
+            with_retry(self.study.set_user_attr, STUDY_ATTR, record.to_dict())
 
     def set_config(self, config: Mapping[str, Any]) -> None:
         with_retry(self.study.set_user_attr, CONFIG_ATTR, dict(config))

@@ -14,6 +14,7 @@ from autoprune.cli import main
 from autoprune.paths import shipped_dir
 from autoprune.plan import kept_channels
 from autoprune.report import build_report, measure_trials, per_class_drops, render_md
+from autoprune.report.render_html import render_html
 from autoprune.report.record import cost_model_info
 from autoprune.search.pareto import dominates, hypervolume
 from autoprune.search.records import completed_records, pareto_records
@@ -148,6 +149,11 @@ def test_json_and_markdown_carry_the_record(study_run, record, tmp_path):
     for c in record.pareto:
         assert f"| {c.trial} | {c.strategy} | {c.accuracy * 100:.1f}% |" in md
     assert "## Cost model" in md and "## Run configuration" in md
+    # The validation split's noise, from the size the search recorded.
+    n, noise = record.dense.val_size, record.dense.accuracy_noise_points
+    assert n > 0 and noise == pytest.approx(196 * (record.dense.accuracy * (1 - record.dense.accuracy) / n) ** 0.5)
+    assert f"measured on {n:,} validation images: ±{noise:.1f} points" in md
+    assert f"measured on {n:,} validation images: ±{noise:.1f} points" in render_html(record)
 
 
 def test_host_measurements_reach_the_record(study_run, record):
