@@ -114,6 +114,12 @@ def search_goals(vs_uniform: dict | None, vs_tp_global: dict | None) -> dict:
                                          and vs_tp_global["min_points"] > 0)}
 
 
+def goal_line(key: str, verdict: dict) -> str:
+    """One Markdown line of a :func:`search_goals` verdict."""
+    return (f"- {key}: vs uniform {verdict['vs_uniform']}, goal ≥ 1 pt beyond spread: **{verdict['goal_uniform_1pt']}**; "
+            f"vs tp-global {verdict['vs_tp_global']}, goal ≥ 0.5 pt: **{verdict['goal_tp_global_0.5pt']}**")
+
+
 def write(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"

@@ -220,11 +220,6 @@ def replicate(args, source, tuned, dense_test, env, load, started, val_size) -> 
     _common.write(args.name, out, replicate_markdown(out, args))
 
 
-def verdict_lines(verdicts: dict) -> list[str]:
-    return [f"- {k}: vs uniform {v['vs_uniform']} (goal ≥ 1 beyond spread: **{v['goal_uniform_1pt']}**); "
-            f"vs tp-global {v['vs_tp_global']} (goal ≥ 0.5: **{v['goal_tp_global_0.5pt']}**)" for k, v in verdicts.items()]
-
-
 def replicate_markdown(out, args) -> str:
     d = out["dense"]
     lines = [f"{out['model']} on `{out['data']}` (validation split: {out['val_size']} images), the search picks of "
@@ -241,7 +236,7 @@ def replicate_markdown(out, args) -> str:
                      f"{r['stats']['mean']:.2f} ± {r['stats']['std']:.2f} | {r['source_test_accuracy'] * 100:.2f} |")
     lines += ["", "Paired differences of the seed-mean test accuracy (points; learned search seed k minus the "
               "baseline's pick, both averaged over the fine-tune seeds):", ""]
-    return "\n".join(lines + verdict_lines(out["verdicts"]))
+    return "\n".join(lines + [_common.goal_line(k, v) for k, v in out["verdicts"].items()])
 
 
 def markdown(out, args) -> str:
@@ -260,7 +255,7 @@ def markdown(out, args) -> str:
                      + (f"{s['test_accuracy'] * 100:.2f} ({s['measured_ratio']:.3f})" if s else "–")
                      + f" | {f['test_accuracy'] * 100:.2f} ({f['measured_ratio']:.3f}) |")
     lines += ["", "Paired differences on the test split (points; learned seed k minus the seed-free baseline):", ""]
-    return "\n".join(lines + verdict_lines(out["verdicts"]))
+    return "\n".join(lines + [_common.goal_line(k, v) for k, v in out["verdicts"].items()])
 
 
 if __name__ == "__main__":

@@ -364,8 +364,7 @@ def markdown(out, args) -> str:
     lines += ["", "Paired differences on the test split (points; learned seed k minus the seed-free baseline):", ""]
     for k, v in out["verdicts"].items():
         if "@" in k:
-            lines.append(f"- {k}: vs uniform {v['vs_uniform']}, goal ≥ 1 pt beyond spread: **{v['goal_uniform_1pt']}**; "
-                         f"vs tp-global {v['vs_tp_global']}, goal ≥ 0.5 pt: **{v['goal_tp_global_0.5pt']}**")
+            lines.append(_common.goal_line(k, v))
     if "latency_vs_flops_guided" in out["verdicts"]:
         v = out["verdicts"]["latency_vs_flops_guided"]
         lines.append(f"- hardware-aware vs FLOPs-guided (hypervolume on measured latency, tight reference): tpe "

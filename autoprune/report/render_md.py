@@ -27,6 +27,7 @@ def _pairs(rows: list[tuple[str, str]]) -> str:
 def render_md(record: ReportRecord) -> str:
     r = record
     shape = "x".join(str(d) for d in r.input_shape)
+    noise = tables.noise_note(r)
     out = [
         f"# Pruning report: {r.study}",
         "",
@@ -40,7 +41,7 @@ def render_md(record: ReportRecord) -> str:
         "",
         md_table(*tables.candidate_table(r)),
         "",
-        *([tables.noise_note(r), ""] if tables.noise_note(r) else []),
+        *([noise, ""] if noise else []),
         "## All trials",
         "",
         md_table(
