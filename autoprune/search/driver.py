@@ -134,7 +134,7 @@ class _Driver:
                 # are re-queued here), or a full lease passed without a change (their drivers are alive).
                 if others != others_seen:
                     waiting_since, others_seen = time.monotonic(), others
-                elif time.monotonic() - waiting_since > (LEASE_INTERVALS + 2) * interval:
+                elif time.monotonic() - waiting_since > (LEASE_INTERVALS + 3) * interval:  # nudge, lease, check
                     self.reporter.warn(f"trials {sorted(others)} are still running in other live drivers; "
                                        "leaving them to those drivers")
                     return False
@@ -148,7 +148,7 @@ class _Driver:
 
     def _requeue_in_flight(self, reason: str) -> None:
         for trial in [*self.live.values(), *([self.asked] if self.asked is not None else [])]:
-            self.store.requeue(trial, reason)
+            self._requeue(trial, reason)
         self.live.clear()
 
     def _requeue(self, trial: optuna.Trial, reason: str) -> None:
@@ -161,13 +161,16 @@ class _Driver:
     def _counts(self) -> tuple[int, frozenset[int]]:
         """Trials of the strategy that count toward --trials (completed, or failed for a reason of their own),
         and the other drivers' trials of the strategy now running. An interrupted trial counts only when it is
-        not re-run: not when a retry of it was enqueued, nor when it was stopped before it had a plan."""
-        outcomes = [o for o in decode_trials(self.study) if o.strategy == self.strategy.name or o.retry_of is not None]
+        not re-run: not when a retry of it was enqueued, nor when it was stopped before it had a plan. A RUNNING
+        trial with no strategy yet is waited for too: it is being asked elsewhere, or an ask lost it and its lease
+        will expire (:meth:`StudyStore.fail_stale`), and it must not be replaced by a new sample meanwhile."""
+        outcomes = decode_trials(self.study)
         retried = {o.retry_of for o in outcomes if o.retry_of is not None}
         mine = [o for o in outcomes if o.strategy == self.strategy.name]
         counted = sum(1 for o in mine if o.state == TrialState.COMPLETE
                       or (o.state == TrialState.FAIL and not (o.interrupted and (o.number in retried or not o.params))))
-        others = frozenset(o.number for o in mine if o.state == TrialState.RUNNING and o.number not in self.live)
+        others = frozenset(o.number for o in outcomes if o.state == TrialState.RUNNING and o.number not in self.live
+                           and o.strategy in (self.strategy.name, None))
         return counted, others
 
     def _evaluated_before(self, plan) -> TrialOutcome | None:

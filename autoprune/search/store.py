@@ -384,6 +384,7 @@ class StudyStore:
         self._study_id = storage.get_study_id_from_name(study.study_name) if storage is not None else None
         self._lease = Lease(storage, heartbeat_interval) if self.heartbeat_interval else None
         self._ids: dict[int, int] = {}  # trial number -> storage trial id, of the trials this driver leased
+        self._nudged: set[int] = set()  # unlabelled RUNNING trials given their one heartbeat (see fail_stale)
 
     @classmethod
     def open(cls, url: str, name: str, directions: list[str], metric_names: list[str],
@@ -484,9 +485,20 @@ class StudyStore:
         with_retry(self.study.enqueue_trial, dict(params), user_attrs=dict(attrs), skip_if_exists=False)
 
     def fail_stale(self) -> None:
-        """Fail the trials whose lease expired (another driver's process died) and re-queue them."""
+        """Fail the trials whose lease expired (another driver's process died) and re-queue them.
+
+        A trial that is RUNNING without a strategy label has not been leased by anyone yet, or never will be: an
+        ask whose reply was lost (the database committed the pop of a waiting trial, or a new trial, and the
+        connection dropped before ``ask`` returned, so the retried ask took another) leaves it with no heartbeat,
+        which Optuna's stale check never sees. Each such trial gets one heartbeat here, once: a driver that holds
+        it renews it, and an orphan's lease expires and it is re-queued like any other.
+        """
         if self._lease is None:
             return
+        for trial in with_retry(self.study.get_trials, deepcopy=False, states=(TrialState.RUNNING,)):
+            if STRATEGY not in trial.user_attrs and trial.number not in self._nudged:
+                with_retry(self.storage.record_heartbeat, self._trial_id(trial.number))
+                self._nudged.add(trial.number)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with_retry(optuna.storages.fail_stale_trials, self.study)
@@ -498,9 +510,13 @@ class StudyStore:
         while seen.retry_of is not None and seen.retry_of in by_number:
             seen = by_number[seen.retry_of]
             deaths += seen.fail_reason == STALE_REASON
-        if outcome.params and deaths <= self.worker_retries:
+        lost = ("was lost while being asked (a dropped connection, or its driver stopped)" if outcome.strategy is None
+                else "lost its driver mid-trial (lease expired)")  # unlabelled: see fail_stale
+        if outcome.strategy is None and not outcome.params:
+            self.warn(f"trial {trial.number} {lost} before it had a plan; nothing is lost")
+        elif outcome.params and deaths <= self.worker_retries:
             self._enqueue_retry(outcome)
-            self.warn(f"trial {trial.number} lost its driver mid-trial (lease expired); it will be re-run")
+            self.warn(f"trial {trial.number} {lost}; it will be re-run")
         else:
             self.warn(f"trial {trial.number} lost its driver mid-trial {deaths} time(s); failed for good "
                       "(raise --worker-retries to retry more)")

@@ -184,6 +184,38 @@ def test_a_connection_lost_while_proposing_reruns_the_whole_enqueued_plan(tmp_pa
     store.close()
 
 
+def test_a_trial_popped_by_an_ask_whose_reply_was_lost_is_run_not_orphaned(tmp_path, monkeypatch):
+    """The database committed the pop of a waiting trial, then the connection dropped before ``ask`` returned:
+    the retried ask took the next one. The first is RUNNING with no lease; it must still be run, not lost."""
+    monkeypatch.setattr(storage_module, "RETRY_FIRST_DELAY_S", 0.001)
+    problem = SyntheticProblem(groups=3, seed=0)
+    store, warnings = _store(tmp_path, interval=1)
+    strategy = create_strategy("random", problem.space, "l1", 0, 2, Constraints(), problem)
+    plans = [{param_name(g.name): keep for g in searched_groups(problem.space)} for keep in (0.5, 0.75)]
+    for plan in plans:
+        store.enqueue(plan, {})
+    lost = []
+
+    class LostReply(optuna.trial.Trial):  # Study.ask builds its Trial after the pop has committed
+        def __init__(self, study, trial_id):
+            if not lost:
+                lost.append(trial_id)
+                raise sqlalchemy.exc.OperationalError("SELECT trials", {}, Exception("server closed the connection"))
+            super().__init__(study, trial_id)
+
+    monkeypatch.setattr(optuna, "Trial", LostReply)
+    optimize(store, strategy, LocalExecutor(IsolatedEvaluator(SyntheticEvaluator(problem))), 2, multi_fidelity=False)
+    outcomes = decode_trials(store.study)
+    assert lost, "the lost reply was not simulated"
+    complete = sorted(json.dumps(dict(o.params), sort_keys=True) for o in outcomes if o.state == TrialState.COMPLETE)
+    assert complete == sorted(json.dumps(p, sort_keys=True) for p in plans), [(o.number, o.state) for o in outcomes]
+    orphan = outcomes[0]
+    assert orphan.state == TrialState.FAIL and orphan.interrupted
+    assert any(o.retry_of == orphan.number for o in outcomes)
+    assert any(f"trial {orphan.number} was lost while being asked" in w for w in warnings), warnings
+    store.close()
+
+
 def test_a_result_for_a_trial_another_driver_failed_is_dropped_with_a_warning(tmp_path):
     store, warnings = _store(tmp_path)
     other, _ = _store(tmp_path)
