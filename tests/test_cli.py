@@ -86,7 +86,7 @@ def test_table_output_lists_front_and_files(tiny_search, capsys):
     # How far apart two candidates must be before the validation split tells them apart (95 % binomial).
     n, p = result["baseline"]["val_size"], result["baseline"]["accuracy"]
     assert 0 < n < 1797  # a split of the digits data set
-    assert f"accuracy on {n:,} validation images: ±{196 * (p * (1 - p) / n) ** 0.5:.1f} points" in stdout
+    assert f"measured on {n:,} validation images: ±{196 * (p * (1 - p) / n) ** 0.5:.1f} points" in stdout
 
 
 def test_study_with_other_model_is_refused(tiny_search, capsys):

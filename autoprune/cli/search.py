@@ -184,9 +184,9 @@ def search(
     out_console.print(pareto_table(result))
     noise = result.baseline.accuracy_noise_points()
     if noise is not None:
-        test = " (`autoprune export` scores the one you pick on the test split)" if result.baseline.test_accuracy else ""
-        out_console.print(f"accuracy on {result.baseline.val_size:,} validation images: ±{noise:.1f} points (95 %); "
-                          f"candidates closer than that are not told apart{test}")
+        from autoprune.report.tables import noise_sentence
+
+        out_console.print(noise_sentence(result.baseline.val_size, noise))
     out_console.print(
         f"{result.completed} completed, {result.failed} failed trials in {time.perf_counter() - started:.0f} s"
         + (" (stopped by Ctrl-C; run the same command to resume)" if result.interrupted else "")

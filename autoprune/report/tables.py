@@ -112,13 +112,16 @@ def _value(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
+def noise_sentence(val_size: int, points: float) -> str:
+    """How far apart two candidates' accuracies must be before the validation split tells them apart (the search
+    summary and the report say it in these words)."""
+    return (f"Accuracies are measured on {val_size:,} validation images: ±{points:.1f} points (95 %, binomial). "
+            "Candidates closer than that are not told apart by the search; `autoprune export` fine-tunes the one you "
+            "pick and scores it on the test split where the data has one.")
+
+
 def noise_note(record) -> str:
-    """One sentence on how far apart two candidates' accuracies must be before the validation split tells them
-    apart; empty for a study that did not record its validation split's size."""
+    """:func:`noise_sentence` for a report record; empty for a study that did not record its validation size."""
     d = record.dense
-    if d.accuracy_noise_points is None:
-        return ""
-    return (f"Accuracies are measured on {d.val_size:,} validation images: ±{d.accuracy_noise_points:.1f} points "
-            "(95 %, binomial). Candidates closer than that are not told apart by the search; `autoprune export` "
-            "fine-tunes the one you pick and scores it on the test split where the data has one.")
+    return "" if d.accuracy_noise_points is None else noise_sentence(d.val_size, d.accuracy_noise_points)
 
