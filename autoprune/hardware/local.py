@@ -40,6 +40,12 @@ Note = Callable[[str], None]
 
 CALIBRATION_PLANS = 14  # dense + 13 random plans: enough for the affine+memory forms and their cache size
 CALIBRATION_BUDGET_S = 20.0  # timing budget of one self-calibration (the repeats shrink for slow models)
+# Which plans a self-calibration times (:func:`calibration_plans`); part of its cache file's name, so a calibration
+# fitted on an older choice of plans is fitted again. 2: the space's most pruned uniform plan is among them.
+CALIBRATION_DESIGN = 2
+# How the cached entries' call overhead was timed (profiling._time_ort_with_overhead); a cache written another way
+# (one timing before the layers, which could zero most of them) is measured again.
+OVERHEAD_METHOD = "interleaved, capped at the cheapest layer"
 LAZY_MAX_POINTS = 7  # channel counts per axis of a lazily measured family (the cost model interpolates)
 LAZY_TIMING = Timing(warmup=3, repeats=24, rounds=3)
 
@@ -222,7 +228,7 @@ def measure_missing(profile: HardwareProfile, space: SearchSpace, on_progress: P
     from autoprune.paths import atomic_write_json
 
     atomic_write_json(folder / "entries.json", {"machine": this_machine().describe(), "date": today(),
-                                                "call_overhead_ms": overhead,
+                                                "call_overhead_ms": overhead, "overhead": OVERHEAD_METHOD,
                                                 "entries": [e.to_dict() for e in merged]})
     checkpoint.remove()
     merged, _ = _read_cache(folder / "entries.json")  # as a later run reads them: the same table, the same key
@@ -248,7 +254,7 @@ def _without_families(profile: HardwareProfile, space: SearchSpace) -> HardwareP
 def _read_cache(path: Path) -> tuple[tuple[LatencyEntry, ...], float | None]:
     """The lazily measured entries cached at ``path`` and the call overhead measured with them (None: none)."""
     data = _read_json(path)
-    if not data:
+    if not data or data.get("overhead") != OVERHEAD_METHOD:  # entries net of a once-timed overhead: measure again
         return (), None
     fields = ("op", "cin", "cout", "kernel", "stride", "padding", "groups", "in_h", "in_w", "dtype")
     entries = tuple(LatencyEntry(LayerSignature(*(e[f] for f in fields)), float(e["mean_ms"]), float(e["std_ms"]),
@@ -270,7 +276,8 @@ def self_calibrate(profile: HardwareProfile, space: SearchSpace, on_progress: Pr
     part of the table it is priced from (:func:`model_table_hash`; lazily measured entries included).
     """
     key = precision_key(model_key(space.model, space.input_shape), "fp32")
-    path = (folder or cache_dir(profile)) / f"calibration-{_safe(key)}-{model_table_hash(profile, space)}.json"
+    path = (folder or cache_dir(profile)) / (f"calibration-{_safe(key)}-{model_table_hash(profile, space)}"
+                                             f"-d{CALIBRATION_DESIGN}.json")
     cached = None if force else _read_json(path)
     if cached:
         calibration = Calibration(**cached["calibration"])
@@ -298,17 +305,31 @@ def self_calibrate(profile: HardwareProfile, space: SearchSpace, on_progress: Pr
     return replace(profile, calibration={**profile.calibration, key: calibration})
 
 
+def calibration_plans(space: SearchSpace, plans: int, alignment: int) -> list[PruningPlan]:
+    """The ``plans - 1`` pruned plans a self-calibration times beside the dense model.
+
+    Random plans cluster at mid sizes (independent per-group ratios average out); a few uniform ones span the
+    weight sizes, so the memory term's cache size is pinned down where models start to spill, and the smallest
+    is the most pruned plan the space allows, so the fit sees the fast end a search explores (from keep 0.4 up
+    only, the fit's intercept is extrapolated there; bench/results/calibration_fast_end.md).
+    """
+    from autoprune.hardware.profiling import random_plans
+
+    floor = max((g.min_keep for g in space.groups), default=0.4)  # the smallest ratio every group allows
+    levels = ((floor,) if floor < 0.4 else ()) + (0.4, 0.55, 0.7, 0.85)
+    levels = levels[: max(0, plans - 5)]
+    chosen = random_plans(space, plans - 1 - len(levels), 0, alignment)
+    return chosen + [PruningPlan.uniform(space.group_names, k, alignment=alignment) for k in levels]
+
+
 def fit_here(profile: HardwareProfile, space: SearchSpace, plans: int = CALIBRATION_PLANS,
              budget_s: float = CALIBRATION_BUDGET_S, on_progress: Progress | None = None) -> tuple[Calibration, float]:
     """Fit the calibration of ``space``'s model on this machine; return it and the dense model's median (ms)."""
-    from autoprune.hardware.profiling import fit_calibration, plan_items, plan_point, random_plans
+    from autoprune.hardware.profiling import fit_calibration, plan_items, plan_point
 
     dense = PruningPlan(alignment=profile.alignment)
-    # Random plans cluster at mid sizes (independent per-group ratios average out); a few uniform ones span the
-    # weight sizes, so the memory term's cache size is pinned down where models start to spill.
-    levels = (0.4, 0.55, 0.7, 0.85)[: max(0, plans - 5)]
-    chosen = random_plans(space, plans - 1 - len(levels), 0, profile.alignment)
-    chosen += [PruningPlan.uniform(space.group_names, k, alignment=profile.alignment) for k in levels]
+    chosen = calibration_plans(space, plans, profile.alignment)
+    levels = [p for p in chosen if len(set(p.keep_ratios.values())) == 1 and len(p.keep_ratios) > 1]
     items = plan_items(space, [dense, *chosen])
     threads = max(profile.threads, 1)
     probe = runner.time_ort(items[0][0], items[0][1], threads, warmup=2, repeats=5)["median_ms"]

@@ -76,6 +76,17 @@ def test_an_estimated_profile_is_not_this_machine(resnet_space):
     assert local.runs_here(load_profile("cpu"))
 
 
+def test_self_calibration_times_the_most_pruned_plan_the_space_allows(resnet_space):
+    """A fit that never saw the fast end extrapolated its intercept into a floor there (MobileNetV2: every plan
+    under a third of dense priced alike); the calibration's plans reach the space's smallest uniform ratio."""
+    plans = local.calibration_plans(resnet_space, local.CALIBRATION_PLANS, 16)
+    assert len(plans) == local.CALIBRATION_PLANS - 1
+    floor = max(g.min_keep for g in resnet_space.groups)
+    uniform = sorted(next(iter(p.keep_ratios.values())) for p in plans if len(set(p.keep_ratios.values())) == 1)
+    assert uniform == [floor, 0.4, 0.55, 0.7, 0.85]
+    assert len(local.calibration_plans(resnet_space, 4, 16)) == 3  # tiny calibrations: random plans only
+
+
 @pytest.mark.timeout(180)
 def test_self_calibration_fits_here_caches_and_says_so_once(resnet_space):
     profile = table_profile(resnet_space, name="calib-test", device="some other CPU",

@@ -47,3 +47,30 @@ def test_measure_model_latency_reports_provenance():
     assert "onnxruntime" in result.provenance and "1 thread" in result.provenance and result.date[:2] == "20"
     torch_result = measure_model_latency(model, (1, 3, 32, 32), warmup=2, repeats=10, backend_name="torch")
     assert "PyTorch" in torch_result.provenance and torch_result.mean_ms > 0
+
+
+def test_the_call_overhead_is_timed_among_the_layers_and_never_exceeds_the_cheapest(monkeypatch):
+    """An overhead timed once at a busy moment read 2.3x too high and zeroed most of a table; it is timed beside
+    the layers now, its median kept, and capped at the cheapest layer (a layer's graph is a call too)."""
+    from autoprune.hardware import device_runner
+    from autoprune.hardware.profiling import overhead_probes
+
+    sigs = [LayerSignature("conv", 16 * (i + 1), 16, 1, 1, 0, 1, 8, 8) for i in range(40)]
+    seen = {}
+
+    def fake(items, threads, warmup, repeats, rounds, progress=None, keys=None, checkpoint=None):
+        seen["keys"] = keys
+        out = []
+        for i, key in enumerate(keys):
+            ms = 0.050 if key is None else 0.020 + 0.001 * i  # every probe reads 0.05 ms: above the cheapest layer
+            out.append({"median_ms": ms, "mean_ms": ms + 0.001, "std_ms": 0.0, "n": repeats})
+        return out
+
+    monkeypatch.setattr(device_runner, "time_ort_many", fake)
+    entries, overhead = measure_table(sigs, "onnxruntime", 1, Timing(1, 4, 2))
+    probes = [k for k in seen["keys"] if k is None]
+    assert len(probes) == overhead_probes(len(sigs)) == 3
+    assert seen["keys"][0] is None and seen["keys"][-1] is not None  # spread over the pass, not all at one end
+    first_layer = min(i for i, k in enumerate(seen["keys"]) if k is not None)
+    assert overhead == pytest.approx(0.020 + 0.001 * first_layer)  # capped at the cheapest layer's median
+    assert len(entries) == len(sigs) and all(e.mean_ms > 0 for e in entries)
