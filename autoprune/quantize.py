@@ -175,10 +175,10 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     from autoprune.hardware import device_runner as runner
     from autoprune.hardware.cost_model import CostModel, precision_key
     from autoprune.hardware.profile import LatencyEntry, today
-    from autoprune.hardware.profiling import (PlanPoint, _overhead_model, fit_calibration, merge_entries, plan_point,
-                                              random_plans, score, signature_grid)
+    from autoprune.hardware.measure import Timing
+    from autoprune.hardware.profiling import (PlanPoint, _time_ort_with_overhead, fit_calibration, merge_entries,
+                                              plan_point, random_plans, score, signature_grid)
     from autoprune.hardware.signature import model_key
-    from autoprune.onnx_export import onnx_bytes
     from autoprune.plan import PruningPlan
 
     if profile.runtime != "onnxruntime" or profile.latency_model != "table":
@@ -191,8 +191,10 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     valid_plans = [replace(p, precision="int8") for p in random_plans(space, validation_samples, 1000, align)]
     items = [int8_micro_item(s) for s in sigs] + [int8_plan_item(space, p) for p in calib_plans + valid_plans]
     threads = max(1, profile.threads)
-    overhead = runner.time_ort(onnx_bytes(*_overhead_model()), (1, 1, 1, 1), threads, warmup, repeats)["median_ms"]
-    stats = runner.time_ort_many(items, threads, warmup, repeats, rounds, progress)
+    # the call overhead timed among the layers, as the FP32 table's is (one reading before them, at a busy
+    # moment, once zeroed most of a table)
+    stats, overhead = _time_ort_with_overhead(items, [None] * len(items), len(sigs), threads,
+                                              Timing(warmup, repeats, rounds), progress, None)
     layer_stats, model_stats = stats[: len(sigs)], [s["median_ms"] for s in stats[len(sigs):]]
     entries = [LatencyEntry(sig, max(st["mean_ms"] - overhead, 0.0), st["std_ms"], st["n"])
                for sig, st in zip(sigs, layer_stats)]
@@ -213,7 +215,8 @@ def measure_int8(profile, space, max_points: int = 7, calibration_points: int = 
     validation = score(checked, command, f"INT8 random plans (seed 1000) timed in the same passes as the INT8 table "
                                          f"and calibration; measured = median of {repeats} runs in {rounds} passes")
     caveat = (f"INT8 entries: onnxruntime static quantization (QDQ, u8 activations, s8 per-channel weights) of each "
-              f"layer's micro-model, {warmup} warm-up + {repeats} timed runs, same call overhead subtracted; "
+              f"layer's micro-model, {warmup} warm-up + {repeats} timed runs, call overhead (timed among the layers, "
+              f"capped at the cheapest) subtracted; "
               f"measured {date} on {runner.machine_description()}")
     caveats = tuple(c for c in calibrated.caveats if not c.startswith("INT8 entries:")) + (caveat,)
     final = replace(calibrated, validation={**calibrated.validation, key: validation}, caveats=caveats,

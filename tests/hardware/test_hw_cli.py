@@ -113,6 +113,8 @@ def test_measure_fp32_then_int8_on_this_host(capsys, tmp_path):
     assert int8 and all(e.mean_ms >= 0 and e.n > 0 for e in int8)
     assert len(both.entries) == len(fp32.entries) + len(int8)  # the FP32 table is kept
     assert "resnet18@1x3x16x16:int8" in both.calibration and "resnet18@1x3x16x16:int8" in both.validation
+    # the INT8 layers' call overhead is timed among them, as the FP32 table's (not once before them)
+    assert any(c.startswith("INT8 entries:") and "timed among the layers" in c for c in both.caveats)
     code, out_json, _ = _run(capsys, "latency", "--model", "resnet18", "--target", str(out), "--input-shape",
                              "1x3x16x16", "--no-calibrate", "--json")
     assert code == 0 and json.loads(out_json)["latency_ms"] > 0
