@@ -6,11 +6,12 @@ Multi-fidelity (Optuna's trial pruners do not handle multi-objective studies, so
 2. it is fine-tuned only if it could still reach the Pareto front: a candidate that misses the latency or
    parameter limit, or whose proxy accuracy plus the largest fine-tuning gain seen so far (with a margin) is
    still dominated by the current front, is recorded at proxy fidelity;
-3. fine-tuning runs in chunks; after each chunk k the candidate is evaluated, and fine-tuning is cut short when
-   a fully fine-tuned candidate at least as fast was more than ``stop_margin`` more accurate at its own chunk k:
-   the comparison is at equal fidelity, as successive halving makes it. A candidate a quarter of the way through
-   its cosine schedule, still at a high learning rate, is not held against finished ones (that rule cut most
-   small candidates short at their first check, and the sampler was then told their low partial accuracies).
+3. fine-tuning runs in chunks; after each chunk k the candidate is evaluated, and fine-tuning is cut short only
+   when it cannot catch up: its accuracy plus the largest recovery from check k to the end that a finished
+   curve showed (plus ``stop_margin``) stays below the final accuracy of a fully fine-tuned candidate at least
+   as fast. The same optimism as step 2, at each check. Comparing the checks themselves (behind a faster
+   candidate at its own check k: cut) assumed parallel curves; early in a brief fine-tune they cross, and that
+   rule cut plans that would have ended on the front, whose partial accuracies the sampler was then told.
 
 The trial records both accuracies, the fidelity reached and the fine-tuning steps actually spent.
 
@@ -58,7 +59,7 @@ class EvaluatorSettings:
     calibration_batches: int = 2  # for gradient-based importance criteria
     seed: int = 0
     finetune_checks: int = 4  # evaluations during fine-tuning, where it may be cut short
-    stop_margin: float = 0.03  # accuracy by which a faster candidate must lead at equal fidelity to cut short
+    stop_margin: float = 0.03  # slack beyond the largest recovery seen before a candidate is cut short
     gain_margin: float = 0.05  # slack on the largest fine-tuning gain seen, when deciding to skip
     min_history: int = 3  # fine-tuned candidates needed before any is skipped or cut short
     distill: bool = False  # fine-tune with knowledge distillation from the dense model
@@ -281,15 +282,25 @@ class Evaluator:
         return result, trainer.steps_done, curve, ""
 
     def _cut_reason(self, k: int, checks: int, accuracy: float, latency_ms: float, guidance: Guidance | None) -> str:
-        """Why fine-tuning stops after check ``k`` of ``checks`` (empty: it goes on): a fully fine-tuned candidate
-        at least as fast was more than ``stop_margin`` more accurate at its own check ``k``. Without enough
-        finished curves of this shape it never stops."""
+        """Why fine-tuning stops after check ``k`` of ``checks`` (empty: it goes on): even with the largest
+        recovery from check ``k`` to the end that a finished curve showed, plus ``stop_margin``, it would end
+        behind the final accuracy of a fully fine-tuned candidate at least as fast. Without enough finished
+        curves of this shape it never stops.
+
+        Comparing the checks themselves (behind a faster candidate at the same check: cut) assumed parallel
+        curves; early in a brief fine-tune they are not. MobileNetV2 pruned to a third of its channels scores
+        10-30 % after BN recalibration and 20-50 % after 12 of 50 steps, in an order its final 68-78 % does
+        not keep: the same-check rule cut four of the uniform sweep's 20 plans there (keep 0.35 at 22 %,
+        0.55 at 52 %), and TPE learned those figures as the plans' accuracy."""
         if (guidance is None or k >= checks - 1 or guidance.curves_seen < self.settings.min_history
                 or len(guidance.rungs) != checks):
             return ""
-        margin = self.settings.stop_margin
-        better = [a for a, ms in guidance.rungs[k] if ms <= latency_ms and a > accuracy + margin]
-        if better:
-            return (f"a faster finished candidate was {max(better) - accuracy:.3f} more accurate at the same check "
-                    f"(margin {margin:g})")
+        here, final = guidance.rungs[k], guidance.rungs[-1]
+        recovery = max(end - at for (at, _), (end, _) in zip(here, final))
+        reach = accuracy + max(recovery, 0.0) + self.settings.stop_margin
+        ahead = [a for a, ms in final if ms <= latency_ms and a > reach]
+        if ahead:
+            return (f"a faster finished candidate ended at {max(ahead):.3f}, beyond the {reach:.3f} this one could "
+                    f"reach with the largest recovery seen from this check ({recovery:+.3f}, margin "
+                    f"{self.settings.stop_margin:g})")
         return ""

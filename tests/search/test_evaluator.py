@@ -86,21 +86,28 @@ def test_rungs_hold_each_finished_candidates_accuracy_at_each_check():
     assert rungs_of([]) == ((), 0)
 
 
-def test_a_candidate_is_cut_short_only_against_faster_ones_at_the_same_check():
+def test_a_candidate_is_cut_short_only_when_the_largest_recovery_seen_cannot_bring_it_level():
     from types import SimpleNamespace
 
     from autoprune.search.evaluator import Guidance
 
     judge = SimpleNamespace(settings=EvaluatorSettings(stop_margin=0.03, min_history=2))
     # Two finished candidates: at 1 ms (30 %, 60 %, 70 % at its three checks) and at 2 ms (50 %, 55 %, 58 %).
+    # Recovery from check 0 to the end: 40 points at most (the 1-ms one); from check 1: 10 points.
     g = Guidance(rungs=(((0.30, 1.0), (0.50, 2.0)), ((0.60, 1.0), (0.55, 2.0)), ((0.70, 1.0), (0.58, 2.0))),
                  curves_seen=2)
     cut = lambda k, acc, ms=1.5, guidance=g: Evaluator._cut_reason(judge, k, 3, acc, ms, guidance)  # noqa: E731
-    assert cut(0, 0.28) == ""  # behind the finished 1-ms candidate's 30 % at check 0 by less than the margin
-    assert "more accurate at the same check" in cut(0, 0.26)  # behind it by more: cut
+    assert cut(0, 0.28) == ""  # 28 + 40 + 3 = 71 % could still pass the 1-ms candidate's final 70 %
+    assert "ended at 0.700" in cut(0, 0.26)  # 26 + 40 + 3 = 69 %: cut
     assert cut(0, 0.26, ms=0.9) == ""  # faster than every finished candidate: nothing to compare with
-    assert cut(0, 0.475, ms=2.5) == "" and cut(0, 0.46, ms=2.5)  # slower still: the 2-ms one's 50 % counts too
-    assert "0.130" in cut(1, 0.47)  # at check 1 the 1-ms candidate had 60 %
+    # behind the slower one's 50 % at check 0 by 10 points, but curves cross: a same-check rule would cut it
+    assert cut(0, 0.40, ms=2.5) == ""
+    assert "+0.100" in cut(1, 0.56)  # at check 1: 56 + 10 + 3 = 69 % < 70 %
+    assert cut(1, 0.58) == ""
     assert cut(2, 0.10) == ""  # the last check ends the fine-tune anyway
     assert cut(0, 0.10, guidance=Guidance(rungs=g.rungs, curves_seen=1)) == ""  # too few finished curves
     assert cut(0, 0.10, guidance=Guidance(rungs=g.rungs[:2], curves_seen=5)) == ""  # curves of another shape
+    # curves that only ever fell (no recovery seen) still leave the margin
+    falling = Guidance(rungs=(((0.80, 1.0), (0.70, 2.0)), ((0.75, 1.0), (0.60, 2.0))), curves_seen=2)
+    assert Evaluator._cut_reason(judge, 0, 2, 0.73, 1.5, falling) == ""  # 73 + 0 + 3 = 76 % >= 75 %
+    assert Evaluator._cut_reason(judge, 0, 2, 0.71, 1.5, falling)  # 74 % < 75 %
