@@ -66,7 +66,7 @@ def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_
     limits = Constraints(max_latency_ms=limit_ms)
     strategy = create_strategy("tpe" if flops else name, space, "l1", seed, args.trials, limits,
                                macs_costs if flops else costs)
-    strategy.attach_baseline(baseline_model)
+    strategy.attach_baseline(baseline_model, evaluator.data)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=strategy.sampler())
     t0 = time.time()
     optimize(study, strategy, LocalExecutor(flops_evaluator if flops else evaluator), args.trials, limits,
@@ -151,6 +151,11 @@ def main() -> None:
     parser.add_argument("--budgeted", action="store_true",
                         help="one search per budget with --max-latency-ms at that budget (as a user with a latency "
                              "budget runs it), instead of one unconstrained search per method and seed")
+    parser.add_argument("--reuse", metavar="NAME",
+                        help="take the seed-free baselines' searches (uniform, tp-global) from results/NAME.runs.json "
+                             "instead of running them again (their sweeps depend neither on the seed nor on the "
+                             "learned strategies' code; same model, data, baseline, trials and fine-tune steps). "
+                             "Scoring still re-measures and fine-tunes every pick side by side in this run")
     parser.add_argument("--phase", choices=("all", "search", "score"), default="all",
                         help="search: run the searches and keep them in results/NAME.runs.json; score: measure, "
                              "fine-tune and score those (e.g. on a quieter machine); all: both")
@@ -201,11 +206,21 @@ def main() -> None:
 
     state = _common.RESULTS / f"{args.name}.runs.json"
     runs = load_runs(state) if args.phase == "score" else []
+    if args.phase != "score" and args.reuse:
+        reused = [r for r in load_runs(_common.RESULTS / f"{args.reuse}.runs.json")
+                  if r["method"] in SEED_FREE and r["method"] in args.methods]
+        for r in reused:
+            if len(r["candidates"]) != args.trials:
+                sys.exit(f"error: {args.reuse}'s {r['method']} run has {len(r['candidates'])} candidates, not "
+                         f"--trials {args.trials}; reuse a run made with the same arguments")
+            r["reused_from"] = args.reuse
+        runs.extend(reused)
+        save_runs(state, runs)
     if args.phase != "score":
         limits = [b * dense_ms for b in args.budgets] if args.budgeted else [None]
         for seed in args.seeds:  # methods interleaved within each seed, so machine drift hits them alike
             for name in args.methods:
-                if name in SEED_FREE and seed != args.seeds[0]:
+                if name in SEED_FREE and (seed != args.seeds[0] or any(r["method"] == name for r in runs)):
                     continue
                 for limit in limits:
                     run = run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_costs,

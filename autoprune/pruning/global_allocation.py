@@ -58,3 +58,47 @@ def _out_width(module: nn.Module | None) -> int | None:
     if isinstance(module, nn.Linear):
         return module.out_features
     return None
+
+
+def taylor_scores(model: nn.Module, space: SearchSpace, batches, limit: int = 8) -> dict[str, list[float]]:
+    """Each group's channel scores, ascending, on one scale for every group: the first-order estimate of the loss
+    change when the channel is removed (Molchanov et al. 2019), ``|sum (w * dL/dw)|`` over the channel's weights,
+    summed over every layer the group shapes (a channel of a residual stream is removed from all of them), as
+    root mean square over up to ``limit`` labelled batches ``(x, y)`` of ``batches``. Unlike the magnitude
+    ranking, normalised per group, these compare across groups: removing a group's channels costs their summed
+    score (:func:`removed_score`), which is what a latency-aware allocation trades against the latency saved.
+    Groups the graph does not yield are absent. ``model`` is not changed (a copy on the CPU, in eval mode)."""
+    from autoprune.pruning.space import dependency_groups, group_layers
+
+    if any(isinstance(m, (nn.MultiheadAttention, HeadAttention)) for m in model.modules()):
+        raise UserError(f"channel scores cover conv/linear channels only; {space.model} has attention heads")
+    work = copy.deepcopy(model).cpu().eval()
+    names = {m: n for n, m in work.named_modules()}
+    wanted = {g.name: g.channels for g in space.groups}
+    graph, lazy = dependency_groups(work, torch.zeros(space.input_shape))
+    named = {}
+    for group in lazy:
+        outs, _ = group_layers(graph, group, names)
+        if outs and outs[0] in wanted and outs[0] not in named and len(group[0].idxs) == wanted[outs[0]]:
+            named[outs[0]] = group
+    importance = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None, multivariable=True)
+    total: dict[str, torch.Tensor] = {}
+    seen = 0
+    for x, y in batches:
+        if seen >= limit:
+            break
+        work.zero_grad()
+        nn.functional.cross_entropy(work(x.cpu()), y.cpu()).backward()
+        for name, group in named.items():
+            total[name] = total.get(name, 0) + importance(group).double() ** 2
+        seen += 1
+    if not seen:
+        raise UserError("channel scores need at least one labelled batch")
+    return {name: sorted((value / seen).sqrt().tolist()) for name, value in total.items()}
+
+def removed_score(scores: list[float], keep_from: float, keep_to: float) -> float:
+    """The summed score of the channels a group loses going from ``keep_from`` to ``keep_to`` of them (its
+    weakest first; ``scores`` ascending, as :func:`taylor_scores` gives them)."""
+    n = len(scores)
+    kept_from, kept_to = round(keep_from * n), round(keep_to * n)
+    return float(sum(scores[n - kept_from:n - kept_to])) if kept_to < kept_from else 0.0

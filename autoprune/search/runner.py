@@ -364,7 +364,7 @@ def run_search(config: SearchConfig, reporter: SearchReporter | None = None) -> 
                               device=config.device),
         )
         store.study.sampler = prepared.strategy.sampler()
-        prepared.strategy.attach_baseline(baseline.model)
+        prepared.strategy.attach_baseline(baseline.model, prepared.data)
         if config.backend == "ray":
             reporter.stage(f"starting {config.workers} Ray worker(s) at "
                            f"{config.ray_address or 'a local runtime (127.0.0.1)'}")

@@ -192,14 +192,30 @@ def check_budget_reachable(space: SearchSpace, costs: PlanCosts, constraints: Co
             )
 
 
-def latency_allocation(space: SearchSpace, costs: PlanCosts, target_ms: float, importance: str = "l1"
-                       ) -> dict[str, float]:
+def latency_allocation(space: SearchSpace, costs: PlanCosts, target_ms: float, importance: str = "l1",
+                       scores: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Keep ratios (on each group's grid) meeting ``target_ms`` by greedy steps down: each step lowers the group
-    whose next grid step saves the most predicted latency per unit of the penalty ``layers * (1 - keep)^2``.
-    Stops at the target or when every group is at its ``min_keep``."""
+    whose next grid step saves the most predicted latency per unit of accuracy it is expected to cost.
+
+    With ``scores`` (each group's channel scores on one global scale, ascending:
+    :func:`autoprune.pruning.global_allocation.taylor_scores`) that cost is the summed score of the channels the
+    step removes, weakest first: the knapsack of latency-aware pruning (keep the most importance under a latency
+    budget, as HALP, Shen et al. 2022) solved greedily on the keep grid, where Torch-Pruning's global pruning
+    removes the weakest channels whatever they cost on the target. Without scores (no trained model) it is the
+    stand-in penalty ``layers * (1 - keep)^2``. Stops at the target or when every group is at its ``min_keep``."""
+    from autoprune.pruning.global_allocation import removed_score
+
     groups = searched_groups(space)
     steps = {g.name: grid_steps(g) for g in groups}  # grid index per group: start at max_keep
     weight = {g.name: max(1, len(g.layers)) for g in groups}
+
+    every = [v for values in (scores or {}).values() for v in values]
+    average = sum(every) / len(every) if every else 1.0
+
+    def penalty(g: GroupSpec, keep_now: float, keep_next: float) -> float:
+        if scores is not None:  # a group without scores counts its channels as average ones
+            return removed_score(scores.get(g.name) or [average] * g.channels, keep_now, keep_next)
+        return weight[g.name] * ((1 - keep_next) ** 2 - (1 - keep_now) ** 2)
 
     def plan(index: dict[str, int]) -> PruningPlan:
         return PruningPlan(keep_ratios={g.name: grid_value(g, index[g.name]) for g in groups},
@@ -214,8 +230,7 @@ def latency_allocation(space: SearchSpace, costs: PlanCosts, target_ms: float, i
             trial = {**steps, g.name: steps[g.name] - 1}
             ms = costs.latency_ms(plan(trial))
             keep_now, keep_next = grid_value(g, steps[g.name]), grid_value(g, steps[g.name] - 1)
-            penalty = weight[g.name] * ((1 - keep_next) ** 2 - (1 - keep_now) ** 2)
-            gain = (current - ms) / max(penalty, 1e-12)
+            gain = (current - ms) / max(penalty(g, keep_now, keep_next), 1e-12)
             if best is None or gain > best_gain:
                 best, best_gain, best_ms = g.name, gain, ms
         if best is None:
@@ -260,15 +275,26 @@ class Strategy(abc.ABC):
         self.costs = costs
         self.workers = max(1, workers)
         self.baseline_model = None  # set by attach_baseline
+        self.channel_scores: dict[str, list[float]] | None = None  # set by attach_baseline, given data
 
     @abc.abstractmethod
     def sampler(self) -> optuna.samplers.BaseSampler:
         """The Optuna sampler of the study this strategy drives."""
 
-    def attach_baseline(self, model) -> None:
-        """Hook called once with the trained dense model before the first trial. The base class keeps it for the
-        Torch-Pruning warm start (:meth:`global_start`); the model must not be changed."""
+    def attach_baseline(self, model, data=None) -> None:
+        """Hook called once with the trained dense model (and the run's data, when the caller has it) before the
+        first trial. The base class keeps the model for the Torch-Pruning warm start (:meth:`global_start`) and,
+        with data, scores its channels on a few training batches (:func:`taylor_scores`) for the latency-targeted
+        start plans (:meth:`latency_start`); the model must not be changed."""
         self.baseline_model = model
+        self.channel_scores = None
+        if data is not None and self.costs is not None:
+            from autoprune.pruning.global_allocation import taylor_scores
+
+            try:
+                self.channel_scores = taylor_scores(model, self.space, data.loader("train", 64, self.seed))
+            except Exception:  # noqa: BLE001 - without scores the start plans use the stand-in penalty
+                self.channel_scores = None
 
     def before_ask(self, study: optuna.Study) -> None:
         """Hook before each ``study.ask()``; a no-op unless the strategy enqueues its own proposals."""
@@ -403,14 +429,16 @@ class Strategy(abc.ABC):
         return True
 
     def latency_start(self, study: optuna.Study, count: int) -> bool:
-        """Enqueue ``count`` plans that spend the pruning where the target's latency is: for latency targets spread
-        between the fastest plan and the dense model (under a latency limit: up to the limit, the last target at
-        it, where a budgeted search's best plans are), the allocation minimising ``sum_g layers_g * (1 - keep_g)^2``
-        (a convex stand-in for accuracy loss, heavier for groups that shape more layers) under the target, by
-        greedy steps down the keep grid, each on the group that saves the most predicted latency per unit of that
-        penalty (:func:`latency_allocation`). On a CPU where weights beyond the cache dominate, this prunes the
-        wide late layers first; a uniform plan of the same latency prunes every layer alike. Needs the cost
-        predictor. Returns whether a plan was enqueued."""
+        """Enqueue ``count`` plans that spend the pruning where the target's latency is: for latency targets
+        between the fastest plan and the dense model, denser towards the fast end (the k-th of ``count`` at share
+        ``(k / (count + 1)) ** 1.5`` of the way up: where every group is near its floor, an allocation decides the
+        most; under a latency limit the targets reach up to the limit, the last one at it), the allocation that
+        meets the target by greedy steps down the keep grid, each on the group that saves the most predicted
+        latency per unit of accuracy it is expected to cost (:func:`latency_allocation`): the summed Taylor score
+        of the channels it removes when the baseline was attached with data (latency-aware pruning), else the
+        stand-in ``layers * (1 - keep)^2``. A uniform plan of the same latency prunes every layer alike; Torch-
+        Pruning's global pruning removes the weakest channels whatever they cost. Needs the cost predictor.
+        Returns whether a plan was enqueued."""
         made = self._made(study, LATENCY_START) if count > 0 else 0
         if count <= 0 or made >= count or self.costs is None:
             return False
@@ -418,9 +446,9 @@ class Strategy(abc.ABC):
         top = min(dense, self.constraints.max_latency_ms or dense)  # under a latency limit, targets up to it
         fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
         # Under a limit the last target is the limit itself; without one it stays below the dense model.
-        share = (made + 1) / (count if top < dense else count + 1)
+        share = ((made + 1) / (count if top < dense else count + 1)) ** 1.5
         fraction = round((fastest + (top - fastest) * share) / dense, 6)
-        ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance)
+        ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance, self.channel_scores)
         if not self._cost_feasible(ratios):
             return False
         self._enqueue(study, ratios, {LATENCY_START: fraction}, drops=())  # priced with every block kept

@@ -39,8 +39,8 @@ class TPGlobalStrategy(Strategy):
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.seed)
 
-    def attach_baseline(self, model) -> None:
-        super().attach_baseline(model)
+    def attach_baseline(self, model, data=None) -> None:
+        super().attach_baseline(model)  # its own sweep needs no channel scores
         self._allocation.cache_clear()
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one instance per run; the model is fixed once attached

@@ -56,13 +56,13 @@ def test_bounded_strategies_only_propose_plans_within_the_latency_budget(name):
 def test_infeasible_candidates_are_flagged_and_never_pareto_optimal(name):
     problem = SyntheticProblem(groups=6, seed=0)
     dense = problem.latency_ms(problem.plan({}))
-    limit = Constraints(max_latency_ms=0.5 * dense, min_accuracy=0.5)
+    limit = Constraints(max_latency_ms=0.5 * dense, min_accuracy=0.8)
     study, _ = _run(name, 16, limit, problem=problem)
     records = completed_records(study)
     infeasible = [r for r in records if not r.feasible]
-    assert infeasible, "random start-up trials should include plans over the budget"
+    assert infeasible, "the start-up trials should include plans over the budget or under the accuracy floor"
     for r in infeasible:
-        assert r.latency_ms > 0.5 * dense or r.accuracy < 0.5
+        assert r.latency_ms > 0.5 * dense or r.accuracy < 0.8
     front = pareto_records(records)
     assert front and all(r.feasible and r.latency_ms <= 0.5 * dense for r in front)
     trial = study.trials[infeasible[0].number]
