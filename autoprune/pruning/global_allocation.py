@@ -96,6 +96,7 @@ def taylor_scores(model: nn.Module, space: SearchSpace, batches, limit: int = 8)
         raise UserError("channel scores need at least one labelled batch")
     return {name: sorted((value / seen).sqrt().tolist()) for name, value in total.items()}
 
+
 def removed_score(scores: list[float], keep_from: float, keep_to: float) -> float:
     """The summed score of the channels a group loses going from ``keep_from`` to ``keep_to`` of them (its
     weakest first; ``scores`` ascending, as :func:`taylor_scores` gives them)."""
