@@ -30,7 +30,7 @@ def global_keep_ratios(model: nn.Module, space: SearchSpace, pruning_ratio: floa
     ``max_pruning_ratio`` is the loosest group's; tighter groups are clipped here). ``model`` is not changed."""
     if not 0.0 <= pruning_ratio < 1.0:
         raise UserError(f"global pruning ratio {pruning_ratio!r} must be in [0, 1)")
-    if any(isinstance(m, (nn.MultiheadAttention, HeadAttention)) for m in model.modules()):
+    if _has_attention(model):
         raise UserError(f"tp-global allocates conv/linear channels only; {space.model} has attention heads - "
                         "use --strategy tpe, nsga2 or rl for it")
     if pruning_ratio == 0.0:
@@ -52,6 +52,11 @@ def global_keep_ratios(model: nn.Module, space: SearchSpace, pruning_ratio: floa
     return ratios
 
 
+def _has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has attention heads (whose groups neither the global ranking nor the scores cover)."""
+    return any(isinstance(m, (nn.MultiheadAttention, HeadAttention)) for m in model.modules())
+
+
 def _out_width(module: nn.Module | None) -> int | None:
     if isinstance(module, nn.Conv2d):
         return module.out_channels
@@ -70,7 +75,7 @@ def taylor_scores(model: nn.Module, space: SearchSpace, batches, limit: int = 8)
     Groups the graph does not yield are absent. ``model`` is not changed (a copy on the CPU, in eval mode)."""
     from autoprune.pruning.space import dependency_groups, group_layers
 
-    if any(isinstance(m, (nn.MultiheadAttention, HeadAttention)) for m in model.modules()):
+    if _has_attention(model):
         raise UserError(f"channel scores cover conv/linear channels only; {space.model} has attention heads")
     work = copy.deepcopy(model).cpu().eval()
     names = {m: n for n, m in work.named_modules()}

@@ -23,6 +23,7 @@ Contract (what the runner guarantees and what a strategy must do):
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import random
 from collections.abc import Iterable
@@ -275,7 +276,7 @@ class Strategy(abc.ABC):
         self.costs = costs
         self.workers = max(1, workers)
         self.baseline_model = None  # set by attach_baseline
-        self.channel_scores: dict[str, list[float]] | None = None  # set by attach_baseline, given data
+        self.baseline_data = None  # set by attach_baseline, when the caller has the data
 
     @abc.abstractmethod
     def sampler(self) -> optuna.samplers.BaseSampler:
@@ -283,18 +284,26 @@ class Strategy(abc.ABC):
 
     def attach_baseline(self, model, data=None) -> None:
         """Hook called once with the trained dense model (and the run's data, when the caller has it) before the
-        first trial. The base class keeps the model for the Torch-Pruning warm start (:meth:`global_start`) and,
-        with data, scores its channels on a few training batches (:func:`taylor_scores`) for the latency-targeted
-        start plans (:meth:`latency_start`); the model must not be changed."""
+        first trial. The base class keeps the model for the Torch-Pruning warm start (:meth:`global_start`) and the
+        data for :attr:`channel_scores`; the model must not be changed."""
         self.baseline_model = model
-        self.channel_scores = None
-        if data is not None and self.costs is not None:
-            from autoprune.pruning.global_allocation import taylor_scores
+        self.baseline_data = data
+        self.__dict__.pop("channel_scores", None)  # scores of an earlier baseline are stale
 
-            try:
-                self.channel_scores = taylor_scores(model, self.space, data.loader("train", 64, self.seed))
-            except Exception:  # noqa: BLE001 - without scores the start plans use the stand-in penalty
-                self.channel_scores = None
+    @functools.cached_property
+    def channel_scores(self) -> dict[str, list[float]] | None:
+        """The attached baseline's channel scores on a few training batches (:func:`taylor_scores`), for the
+        latency-targeted start plans (:meth:`latency_start`); None without a baseline, data or cost predictor, or
+        where the model cannot be scored (the start plans then use the stand-in penalty). Computed on first use,
+        so strategies and resumed studies that make no such plan never pay for it."""
+        if self.baseline_model is None or self.baseline_data is None or self.costs is None:
+            return None
+        from autoprune.pruning.global_allocation import taylor_scores
+
+        try:
+            return taylor_scores(self.baseline_model, self.space, self.baseline_data.loader("train", 64, self.seed))
+        except Exception:  # noqa: BLE001 - without scores the start plans use the stand-in penalty
+            return None
 
     def before_ask(self, study: optuna.Study) -> None:
         """Hook before each ``study.ask()``; a no-op unless the strategy enqueues its own proposals."""

@@ -40,7 +40,7 @@ class TPGlobalStrategy(Strategy):
         return optuna.samplers.RandomSampler(seed=self.seed)
 
     def attach_baseline(self, model, data=None) -> None:
-        super().attach_baseline(model)  # its own sweep needs no channel scores
+        super().attach_baseline(model, data)
         self._allocation.cache_clear()
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one instance per run; the model is fixed once attached
