@@ -44,6 +44,9 @@ PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans mor
 WARM_START, SPREAD_START, GLOBAL_START, LATENCY_START = declare_strategy_attrs(
     "seeded", "warm_start_keep", "spread_start_level", "global_start_ratio", "latency_start_fraction")
 (UNIFORM_KEEP,) = declare_strategy_attrs("uniform", "uniform_keep")
+# How far under its rung of speedups a latency-targeted start plan aims: a few per cent, about the calibrated
+# cost model's error on the machine it was fitted on (bench/cost_model.py), so the plan meets the rung when timed.
+RUNG_MARGIN = 0.05
 
 
 def param_name(group: str) -> str:
@@ -437,26 +440,37 @@ class Strategy(abc.ABC):
         self._enqueue(study, ratios, {GLOBAL_START: ratio}, drops=())  # a width allocation: every block kept
         return True
 
+    def latency_targets(self, count: int) -> list[float]:
+        """The latency targets (ms, ascending) of the ``count`` latency-targeted start plans: a ladder of speedups
+        a factor √2 apart hanging from the dense model (1.41×, 2×, 2.83× …), each aimed :data:`RUNG_MARGIN` under
+        its rung so that the plan still meets it when timed, the budgets users ask for ("twice as fast") and the
+        front's most useful points; under a latency limit the ladder hangs from the limit, its first target the
+        limit itself. Rungs the most pruned plan cannot reach are left out (those slots go to the sampler)."""
+        dense = self.costs.latency_ms(self._plan({}))
+        limit = self.constraints.max_latency_ms
+        fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
+        if limit is not None and limit < dense:
+            rungs = [limit] + [limit * 2 ** (-k / 2) * (1 - RUNG_MARGIN) for k in range(1, count)]
+        else:
+            rungs = [dense * 2 ** (-k / 2) * (1 - RUNG_MARGIN) for k in range(1, count + 1)]
+        return sorted(r for r in rungs if r > fastest)
+
     def latency_start(self, study: optuna.Study, count: int) -> bool:
-        """Enqueue ``count`` plans that spend the pruning where the target's latency is: for latency targets
-        between the fastest plan and the dense model, denser towards the fast end (the k-th of ``count`` at share
-        ``(k / (count + 1)) ** 1.5`` of the way up: where every group is near its floor, an allocation decides the
-        most; under a latency limit the targets reach up to the limit, the last one at it), the allocation that
-        meets the target by greedy steps down the keep grid, each on the group that saves the most predicted
-        latency per unit of accuracy it is expected to cost (:func:`latency_allocation`): the summed Taylor score
-        of the channels it removes when the baseline was attached with data (latency-aware pruning), else the
-        stand-in ``layers * (1 - keep)^2``. A uniform plan of the same latency prunes every layer alike; Torch-
-        Pruning's global pruning removes the weakest channels whatever they cost. Needs the cost predictor.
-        Returns whether a plan was enqueued."""
+        """Enqueue ``count`` plans that spend the pruning where the target's latency is: for each of the latency
+        targets of :meth:`latency_targets`, fastest first, the allocation that meets it by greedy steps down the
+        keep grid, each on the group that saves the most predicted latency per unit of accuracy it is expected
+        to cost (:func:`latency_allocation`): the summed Taylor score of the channels it removes when the
+        baseline was attached with data (latency-aware pruning), else the stand-in ``layers * (1 - keep)^2``. A
+        uniform plan of the same latency prunes every layer alike; Torch-Pruning's global pruning removes the
+        weakest channels whatever they cost. Needs the cost predictor. Returns whether a plan was enqueued."""
         made = self._made(study, LATENCY_START) if count > 0 else 0
         if count <= 0 or made >= count or self.costs is None:
             return False
+        targets = self.latency_targets(count)
+        if made >= len(targets):
+            return False
         dense = self.costs.latency_ms(self._plan({}))
-        top = min(dense, self.constraints.max_latency_ms or dense)  # under a latency limit, targets up to it
-        fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
-        # Under a limit the last target is the limit itself; without one it stays below the dense model.
-        share = ((made + 1) / (count if top < dense else count + 1)) ** 1.5
-        fraction = round((fastest + (top - fastest) * share) / dense, 6)
+        fraction = round(targets[made] / dense, 6)
         ratios = latency_allocation(self.space, self.costs, fraction * dense, self.importance, self.channel_scores)
         if not self._cost_feasible(ratios):
             return False
@@ -475,7 +489,8 @@ class Strategy(abc.ABC):
         glob = min(uniform, spread // 2) if self.baseline_model is not None else 0
         if started < uniform + glob and self.global_start(study, glob):
             return
-        lat = min(uniform, spread - glob) if self.costs is not None else 0
+        # as many latency-targeted plans as the ladder has reachable rungs; the rest of the slots are spread plans
+        lat = len(self.latency_targets(min(uniform, spread - glob))) if self.costs is not None else 0
         if started < uniform + glob + lat and self.latency_start(study, lat):
             return
         if started < uniform + spread:

@@ -218,3 +218,31 @@ def test_under_a_latency_limit_the_targeted_start_plans_reach_up_to_the_limit():
     assert len(targeted) == 3 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.5)
     lat = [t.user_attrs["latency_ms"] for t in targeted]
     assert max(lat) <= 0.5 * dense and max(lat) > 0.45 * dense  # the last one spends the budget
+
+
+def test_without_a_limit_the_targeted_start_plans_sit_just_under_a_ladder_of_speedups():
+    from autoprune.search.strategies import RUNG_MARGIN
+
+    problem = SyntheticProblem(groups=8, seed=0)
+    dense = problem.latency_ms(problem.plan({}))
+    study, _ = _run("tpe", 30, problem=problem)
+    targeted = [t for t in study.trials if "latency_start_fraction" in t.user_attrs]
+    fractions = [t.user_attrs["latency_start_fraction"] for t in targeted]
+    # 2.83x, 2x and 1.41x faster than dense, fastest first, each aimed a margin under its rung
+    rungs = [2 ** -1.5, 2 ** -1, 2 ** -0.5]
+    assert fractions == pytest.approx([(1 - RUNG_MARGIN) * r for r in rungs], abs=1e-6)
+    for t, rung in zip(targeted, rungs):
+        ratio = t.user_attrs["latency_ms"] / dense
+        assert 0.85 * rung < ratio < rung  # meets its rung when the prediction is a few per cent off, and uses it
+
+
+def test_rungs_the_most_pruned_plan_cannot_reach_go_to_spread_plans():
+    # Latency dominated by a fixed call overhead: the most pruned plan is still slower than 1/2 of the dense model.
+    problem = SyntheticProblem(groups=8, seed=0, ms_per_gmac=0.2)
+    dense = problem.latency_ms(problem.plan({}))
+    fastest = problem.latency_ms(problem.plan({g.name: g.min_keep for g in problem.space.groups}))
+    assert 0.5 < fastest / dense < 0.95 * 2 ** -0.5
+    study, _ = _run("tpe", 30, problem=problem)
+    targeted = [t.number for t in study.trials if "latency_start_fraction" in t.user_attrs]
+    spread = [t.number for t in study.trials if "spread_start_level" in t.user_attrs]
+    assert targeted == [3] and spread == list(range(4, 10))  # the 1.41x rung only; the start-up stays 10 plans
