@@ -11,7 +11,9 @@ Every candidate of every method is timed on this machine with onnxruntime, each 
 drift cancels in the ratio. Per method and seed: the best candidate by validation accuracy at <= B x the dense
 model's measured latency (--pick-by measured; or predicted) for each budget B is pruned again from the dense model,
 fine-tuned with the final recipe (`autoprune export`'s, --final-epochs) and scored on the test split. Uniform and
-tp-global do not depend on the seed (their sweeps are fixed), so they run once and pair with every seed.
+tp-global do not depend on the seed (their sweeps are fixed), so they search once and pair with every seed; with
+--final-seeding paired (the default) seed k's picks, theirs included, get their final fine-tune with seed k, so the
+paired differences and their spread hold the final fine-tune's own noise too.
 
     .venv/bin/python bench/search_proof.py [--model resnet18] [--data 'fashion-mnist?n=10000'] [--trials 16]
         [--seeds 0 1 2] [--methods uniform tp-global tpe tpe-macs nsga2 rl random] [--budgets 0.35 0.5]
@@ -156,6 +158,10 @@ def main() -> None:
                              "instead of running them again (their sweeps depend neither on the seed nor on the "
                              "learned strategies' code; same model, data, baseline, trials and fine-tune steps). "
                              "Scoring still re-measures and fine-tunes every pick side by side in this run")
+    parser.add_argument("--final-seeding", choices=("paired", "fixed"), default="paired",
+                        help="paired: seed k's picks get their final fine-tune with seed k, the seed-free baselines' "
+                             "picks once per seed, and seed k pairs with seed k (the spread holds the fine-tune's "
+                             "own noise); fixed: every pick fine-tuned once, with seed 0 (before 2026-12-04)")
     parser.add_argument("--phase", choices=("all", "search", "score"), default="all",
                         help="search: run the searches and keep them in results/NAME.runs.json; score: measure, "
                              "fine-tune and score those (e.g. on a quieter machine); all: both")
@@ -254,25 +260,35 @@ def main() -> None:
         for b in args.budgets:
             if run.get("budget_ms") is not None and abs(run["budget_ms"] - b * dense_ms) > 1e-9:
                 continue  # a budgeted run answers for its own budget only
-            picks[(run["method"], run["seed"], b)] = pick(run["candidates"], b, args.pick_by, dense_ms)
+            c = pick(run["candidates"], b, args.pick_by, dense_ms)
+            # paired: a seed-free baseline's pick is fine-tuned once per seed, as every learned run's pick is with
+            # its own seed, so the paired spread holds the final fine-tune's noise as well as the search's
+            per_seed = run["method"] in SEED_FREE and args.final_seeding == "paired"
+            for seed in args.seeds if per_seed else [run["seed"]]:
+                picks[(run["method"], seed, b)] = c
 
-    # Final fine-tune of the picks (each unique plan once), scored on the test split.
-    final: dict[str, dict] = {}
+    # Final fine-tune of the picks (each unique plan once per final seed), scored on the test split.
+    def final_key(c, seed):
+        return plan_key(c["plan"]), seed if args.final_seeding == "paired" else 0
+
+    final: dict[tuple, dict] = {}
     export = ExportSettings(finetune_epochs=args.final_epochs, measure=False, device=args.device,
                             distill=args.final_distill)
     t2 = time.time()
     for (method, seed, b), c in picks.items():
-        if c is None or plan_key(c["plan"]) in final:
+        if c is None or final_key(c, seed) in final:
             continue
+        fseed = final_key(c, seed)[1]
         # prune() works in place: each pick starts from its own copy of the dense baseline.
         pruned = prune(copy.deepcopy(baseline), c["plan"], torch.zeros(shape), seed=0)
-        train = data.loader("train", export.batch_size, 0)
+        train = data.loader("train", export.batch_size, fseed)
         recalibrate_bn(pruned.model, train, export.bn_recalibration_batches)
-        steps, _ = finetune_epochs(pruned.model, train, export, 0, pruned.masks,
+        steps, _ = finetune_epochs(pruned.model, train, export, fseed, pruned.masks,
                                    teacher=baseline if args.final_distill else None, device=args.device)
-        final[plan_key(c["plan"])] = {"test_accuracy": evaluate(pruned.model, test, data.num_classes).accuracy,
-                                      "steps": steps}
-        print(f"final {method} seed {seed} @{b}: test {final[plan_key(c['plan'])]['test_accuracy']:.4f}", flush=True)
+        final[final_key(c, seed)] = {"test_accuracy": evaluate(pruned.model, test, data.num_classes).accuracy,
+                                     "steps": steps}
+        print(f"final {method} seed {seed} @{b} (fine-tune seed {fseed}): test "
+              f"{final[final_key(c, seed)]['test_accuracy']:.4f}", flush=True)
     final_s = time.time() - t2
 
     # Scores.
@@ -294,7 +310,7 @@ def main() -> None:
     for (method, seed, b), c in picks.items():
         if c is None:
             continue
-        f = final[plan_key(c["plan"])]
+        f = final[final_key(c, seed)]
         table.setdefault(method, {}).setdefault(b, []).append({
             "seed": seed, "trial": c["trial"], "val_accuracy": round(c["val_accuracy"], 4),
             "predicted_ratio": round(c["predicted_ms"] / dense_ms, 4), "measured_ratio": round(ratio(c), 4),
@@ -305,7 +321,7 @@ def main() -> None:
         theirs = table.get(other, {}).get(b, [])
         if not mine or not theirs:
             return None
-        if other in SEED_FREE:
+        if other in SEED_FREE and args.final_seeding == "fixed":
             diffs = [(a - theirs[0]["test_accuracy"]) * 100 for a in mine.values()]
         else:
             t = {r["seed"]: r["test_accuracy"] for r in theirs}
@@ -332,7 +348,7 @@ def main() -> None:
     # What the +1 pt goal over uniform can reach at all: the uniform pick's distance to the dense model (a pick can
     # only beat uniform by more than that by beating the dense model).
     verdicts["headroom_vs_dense"] = {
-        str(b): round((dense_test - table["uniform"][b][0]["test_accuracy"]) * 100, 2)
+        str(b): round((dense_test - statistics.mean(r["test_accuracy"] for r in table["uniform"][b])) * 100, 2)
         for b in args.budgets if table.get("uniform", {}).get(b)}
     cands = [(r2["test_accuracy"], 1 / r2["measured_ratio"], m, r2["seed"]) for m, by in table.items()
              for rows in by.values() for r2 in rows]
@@ -376,7 +392,8 @@ def markdown(out, args) -> str:
             lines.append(f"| {m} | {b} | {statistics.mean(accs):.2f} ± {sd:.2f} ({len(accs)}) | "
                          f"{statistics.mean(r['measured_ratio'] for r in rows):.3f} | "
                          f"{statistics.mean(r['predicted_ratio'] for r in rows):.3f} |")
-    lines += ["", "Paired differences on the test split (points; learned seed k minus the seed-free baseline):", ""]
+    lines += ["", "Paired differences on the test split (points; learned seed k minus the seed-free baseline"
+              + (", both fine-tuned with seed k" if args.final_seeding == "paired" else "") + "):", ""]
     for k, v in out["verdicts"].items():
         if "@" in k:
             lines.append(_common.goal_line(k, v))
