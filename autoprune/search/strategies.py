@@ -44,8 +44,9 @@ PRECISION_PARAM = "precision"  # categorical fp32/int8 when the search spans mor
 WARM_START, SPREAD_START, GLOBAL_START, LATENCY_START = declare_strategy_attrs(
     "seeded", "warm_start_keep", "spread_start_level", "global_start_ratio", "latency_start_fraction")
 (UNIFORM_KEEP,) = declare_strategy_attrs("uniform", "uniform_keep")
-# How far under its rung of speedups a latency-targeted start plan aims: a few per cent, about the calibrated
-# cost model's error on the machine it was fitted on (bench/cost_model.py), so the plan meets the rung when timed.
+# How far under its rung of speedups a latency-targeted start plan aims, so that it still meets the rung when timed:
+# about twice the calibrated cost model's mean error on the machine it was fitted on (MAPE 2-3 % in
+# bench/cost_model.py and bench/latency_vs_macs.py; single plans miss by up to 6-8 %).
 RUNG_MARGIN = 0.05
 
 
@@ -445,7 +446,7 @@ class Strategy(abc.ABC):
         a factor √2 apart hanging from the dense model (1.41×, 2×, 2.83× …), each aimed :data:`RUNG_MARGIN` under
         its rung so that the plan still meets it when timed, the budgets users ask for ("twice as fast") and the
         front's most useful points; under a latency limit the ladder hangs from the limit, its first target the
-        limit itself. Rungs the most pruned plan cannot reach are left out (those slots go to the sampler)."""
+        limit itself. Rungs the most pruned plan cannot reach are left out (their slots go to spread plans)."""
         dense = self.costs.latency_ms(self._plan({}))
         limit = self.constraints.max_latency_ms
         fastest = self.costs.latency_ms(self._plan(self._uniform_ratios(self.lowest_uniform())))
