@@ -64,6 +64,9 @@ def main() -> None:
 
     source = json.loads((_common.RESULTS / f"{args.source}.json").read_text())
     sa = source["args"]
+    if sa.get("final_seeding", "fixed") != "fixed" and args.replicate <= 1:
+        raise SystemExit(f"error: {args.source} was scored with --final-seeding {sa['final_seeding']}; refining "
+                         "compares picks all fine-tuned with seed 0: score the source with --final-seeding fixed")
     shape = (1, 3, 32, 32)
     data = load_data(sa["data"], shape[2:], 0)
     spec = BaselineSpec(sa["model"], sa["data"], shape, data.num_classes, 0,
