@@ -6,9 +6,12 @@ of every method timed on this machine right after the dense model), prices each 
 host profile prepared as the run prepared it (the cached baseline, the cached calibration) and with MACs scaled
 to the dense latency (the FLOPs-guided search's cost), and scores both predicted ratios against the measured
 ones: Kendall τ, MAPE and the share within ±5 % / ±10 %, over all plans and over the fast end (≤ 0.5 measured).
-No timing is done here; the measurements are the run's own.
+No timing is done here unless asked: the measurements are the run's own. ``--repeat-passes N`` also times the
+run's picks (the plans its verdicts rest on) N more times here, each pass as the run timed them (every plan right
+after the dense model, 3 rounds): how far one plan's measured ratio moves from one pass to the next, i.e. how close
+to a budget a pick can sit before the side of the budget it lands on is luck.
 
-    .venv/bin/python bench/latency_vs_macs.py --name search_proof_mnv2_ladder
+    .venv/bin/python bench/latency_vs_macs.py --name search_proof_mnv2_ladder [--repeat-passes 5]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="a scored search_proof run in bench/results/")
     parser.add_argument("--out", help="results name (default: NAME_latency_vs_macs)")
+    parser.add_argument("--repeat-passes", type=int, default=0, help="time the run's picks this many more times")
+    parser.add_argument("--repeats", type=int, default=60, help="onnxruntime runs per plan per pass (search_proof's)")
     args = parser.parse_args()
     started, load = time.time(), _common.LoadSampler()
     run = json.loads((_common.RESULTS / f"{args.name}.json").read_text())
@@ -84,6 +89,8 @@ def main() -> None:
             continue
         out["results"][part] = {"cost_model": scores([x[0] for x in sel], [x[2] for x in sel]),
                                 "macs": scores([x[1] for x in sel], [x[2] for x in sel])}
+    if args.repeat_passes > 0:
+        out["repeat_passes"] = repeat_picks(run, space, dense, args)
     out["load_average"], out["wall_seconds"] = load.summary(), round(time.time() - started, 1)
     lines = [f"Plans of `{args.name}` ({run['model']}, target `{run['target']}`), each predicted ratio to the dense "
              "model against the ratio that run measured (source commit "
@@ -94,7 +101,37 @@ def main() -> None:
         for name, s in by.items():
             lines.append(f"| {part} | {name} | {s['plans']} | {s['kendall_tau']} | {s['mape_pct']} | "
                          f"{s['within_5_pct']} | {s['within_10_pct']} |")
+    if out.get("repeat_passes"):
+        lines += ["", f"The run's picks timed {args.repeat_passes} more times here (ratio to the dense model beside "
+                  "it, one pass after the other):", "",
+                  "| plan (method seed@budget, trial) | ratio in the run | ratios here | min–max |", "|---|---|---|---|"]
+        for r in out["repeat_passes"]:
+            lines.append(f"| {', '.join(r['picked_as'])} | {r['run_ratio']:.4f} | "
+                         f"{' '.join(f'{x:.4f}' for x in r['ratios'])} | {min(r['ratios']):.4f}–{max(r['ratios']):.4f} |")
     _common.write(args.out or f"{args.name}_latency_vs_macs", out, "\n".join(lines))
+
+
+def repeat_picks(run, space, dense, args) -> list[dict]:
+    """Each distinct pick of ``run`` timed ``args.repeat_passes`` more times beside the dense model."""
+    from autoprune.hardware import device_runner
+    from autoprune.hardware.profiling import plan_items
+    from autoprune.plan import PruningPlan
+
+    picks: dict[str, dict] = {}
+    for method, by in run["picks"].items():
+        for b, rows in by.items():
+            for r in rows:
+                entry = picks.setdefault(json.dumps(r["plan"], sort_keys=True),
+                                         {"plan": r["plan"], "run_ratio": r["measured_ratio"], "picked_as": []})
+                entry["picked_as"].append(f"{method} {r['seed']}@{b} t{r['trial']}")
+    entries = list(picks.values())
+    dense_item, *items = plan_items(space, [dense, *[PruningPlan.from_dict(e["plan"]) for e in entries]])
+    passes = []
+    for _ in range(args.repeat_passes):
+        stats, _ = device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=args.repeats, rounds=3)
+        passes.append([st["ratio"] for st in stats])
+    return [{"picked_as": e["picked_as"], "run_ratio": e["run_ratio"],
+             "ratios": [round(p[i], 4) for p in passes]} for i, e in enumerate(entries)]
 
 
 if __name__ == "__main__":
