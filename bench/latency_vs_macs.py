@@ -91,6 +91,9 @@ def main() -> None:
                                 "macs": scores([x[1] for x in sel], [x[2] for x in sel])}
     if args.repeat_passes > 0:
         out["repeat_passes"] = repeat_picks(run, space, dense, args)
+        out["latency_provenance"] += ("; repeat_passes: measured here and now (environment.started_utc), onnxruntime "
+                                      f"1 thread, each pick right after the dense model, {args.repeats} runs in 3 "
+                                      "rounds per pass")
     out["load_average"], out["wall_seconds"] = load.summary(), round(time.time() - started, 1)
     lines = [f"Plans of `{args.name}` ({run['model']}, target `{run['target']}`), each predicted ratio to the dense "
              "model against the ratio that run measured (source commit "
