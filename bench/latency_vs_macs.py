@@ -107,10 +107,12 @@ def main() -> None:
     if out.get("repeat_passes"):
         lines += ["", f"The run's picks timed {args.repeat_passes} more times here (ratio to the dense model beside "
                   "it, one pass after the other):", "",
-                  "| plan (method seed@budget, trial) | ratio in the run | ratios here | min–max |", "|---|---|---|---|"]
+                  "| plan (method seed@budget, trial) | ratio in the run | ratios here | min–max |",
+                  "|---|---|---|---|"]
         for r in out["repeat_passes"]:
+            ratios = r["ratios"]
             lines.append(f"| {', '.join(r['picked_as'])} | {r['run_ratio']:.4f} | "
-                         f"{' '.join(f'{x:.4f}' for x in r['ratios'])} | {min(r['ratios']):.4f}–{max(r['ratios']):.4f} |")
+                         f"{' '.join(f'{x:.4f}' for x in ratios)} | {min(ratios):.4f}–{max(ratios):.4f} |")
     _common.write(args.out or f"{args.name}_latency_vs_macs", out, "\n".join(lines))
 
 
