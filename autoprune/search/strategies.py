@@ -456,19 +456,16 @@ class Strategy(abc.ABC):
             rungs = [dense * 2 ** (-k / 2) * (1 - RUNG_MARGIN) for k in range(1, count + 1)]
         return sorted(r for r in rungs if r > fastest)
 
-    def latency_start(self, study: optuna.Study, count: int) -> bool:
-        """Enqueue ``count`` plans that spend the pruning where the target's latency is: for each of the latency
-        targets of :meth:`latency_targets`, fastest first, the allocation that meets it by greedy steps down the
+    def latency_start(self, study: optuna.Study, targets: list[float]) -> bool:
+        """Enqueue, one per call, plans that spend the pruning where the target's latency is: for each of the
+        latency ``targets`` (ms, from :meth:`latency_targets`), fastest first, the allocation that meets it by greedy steps down the
         keep grid, each on the group that saves the most predicted latency per unit of accuracy it is expected
         to cost (:func:`latency_allocation`): the summed Taylor score of the channels it removes when the
         baseline was attached with data (latency-aware pruning), else the stand-in ``layers * (1 - keep)^2``. A
         uniform plan of the same latency prunes every layer alike; Torch-Pruning's global pruning removes the
         weakest channels whatever they cost. Needs the cost predictor. Returns whether a plan was enqueued."""
-        made = self._made(study, LATENCY_START) if count > 0 else 0
-        if count <= 0 or made >= count or self.costs is None:
-            return False
-        targets = self.latency_targets(count)
-        if made >= len(targets):
+        made = self._made(study, LATENCY_START) if targets else 0
+        if made >= len(targets) or self.costs is None:
             return False
         dense = self.costs.latency_ms(self._plan({}))
         fraction = round(targets[made] / dense, 6)
@@ -491,8 +488,9 @@ class Strategy(abc.ABC):
         if started < uniform + glob and self.global_start(study, glob):
             return
         # as many latency-targeted plans as the ladder has reachable rungs; the rest of the slots are spread plans
-        lat = len(self.latency_targets(min(uniform, spread - glob))) if self.costs is not None else 0
-        if started < uniform + glob + lat and self.latency_start(study, lat):
+        targets = self.latency_targets(min(uniform, spread - glob)) if self.costs is not None else []
+        lat = len(targets)
+        if started < uniform + glob + lat and self.latency_start(study, targets):
             return
         if started < uniform + spread:
             self.spread_start(study, spread - glob - lat)
