@@ -50,24 +50,12 @@ def main() -> None:
     run = json.loads((_common.RESULTS / f"{args.name}.json").read_text())
     a = run["args"]
 
-    from autoprune.baseline import BaselineSpec, get_baseline
-    from autoprune.data import load_data
-    from autoprune.hardware import load_profile, prepare_cost_model
     from autoprune.plan import PruningPlan
-    from autoprune.pruning import generate_space
     from autoprune.search.strategies import SpaceCosts
-    from autoprune.training import TrainRecipe
-    from search_proof import MacsCost
+    from search_proof import MacsCost, prepare_target
 
-    shape = (1, 3, 32, 32)
-    profile = load_profile(run["target"])
-    data = load_data(a["data"], shape[2:], 0)
-    spec = BaselineSpec(a["model"], a["data"], shape, data.num_classes, 0, TrainRecipe(epochs=a["baseline_epochs"]),
-                        None)
-    baseline = get_baseline(spec, data, device="cpu").model
-    space = generate_space(baseline, a["model"], shape, alignment=profile.alignment)
-    notes: list[str] = []
-    cost_model = prepare_cost_model(profile, space, on_note=notes.append)
+    _, _, _, space, cost_model, notes = prepare_target(a["model"], a["data"], a["baseline_epochs"],
+                                                       target=run["target"])
     costs, macs = SpaceCosts(space, cost_model), SpaceCosts(space, MacsCost(cost_model, space))
     dense = PruningPlan(alignment=space.alignment)
     dense_ms, dense_macs_ms = costs.latency_ms(dense), macs.latency_ms(dense)
@@ -118,9 +106,9 @@ def main() -> None:
 
 def repeat_picks(run, space, dense, args) -> list[dict]:
     """Each distinct pick of ``run`` timed ``args.repeat_passes`` more times beside the dense model."""
-    from autoprune.hardware import device_runner
     from autoprune.hardware.profiling import plan_items
     from autoprune.plan import PruningPlan
+    from search_proof import time_passes
 
     picks: dict[str, dict] = {}
     for method, by in run["picks"].items():
@@ -131,12 +119,9 @@ def repeat_picks(run, space, dense, args) -> list[dict]:
                 entry["picked_as"].append(f"{method} {r['seed']}@{b} t{r['trial']}")
     entries = list(picks.values())
     dense_item, *items = plan_items(space, [dense, *[PruningPlan.from_dict(e["plan"]) for e in entries]])
-    passes = []
-    for _ in range(args.repeat_passes):
-        stats, _ = device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=args.repeats, rounds=3)
-        passes.append([st["ratio"] for st in stats])
+    passes = time_passes(items, dense_item, args.repeat_passes, args.repeats)
     return [{"picked_as": e["picked_as"], "run_ratio": e["run_ratio"],
-             "ratios": [round(p[i], 4) for p in passes]} for i, e in enumerate(entries)]
+             "ratios": [round(stats[i]["ratio"], 4) for stats, _ in passes]} for i, e in enumerate(entries)]
 
 
 if __name__ == "__main__":

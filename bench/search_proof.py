@@ -89,6 +89,40 @@ def run_method(name, seed, args, space, evaluator, flops_evaluator, costs, macs_
             "finetune_steps": sum(c["finetune_steps"] for c in cands), "loadavg_at_end": _common.loadavg()}
 
 
+SHAPE = (1, 3, 32, 32)
+
+
+def prepare_target(model: str, data_spec: str, baseline_epochs: int, device: str = "cpu", target: str = "cpu"):
+    """What every search of a run shares, as `autoprune search` builds it: the data, the cached baseline, its
+    search space and the target's cost model prepared on this machine (notes say what was measured or calibrated).
+    Returns (data, baseline model, seconds the baseline took, space, cost model, notes)."""
+    from autoprune.baseline import BaselineSpec, get_baseline
+    from autoprune.data import load_data
+    from autoprune.hardware import load_profile, prepare_cost_model
+    from autoprune.pruning import generate_space
+    from autoprune.training import TrainRecipe
+
+    profile = load_profile(target)
+    data = load_data(data_spec, SHAPE[2:], 0)
+    spec = BaselineSpec(model, data_spec, SHAPE, data.num_classes, 0, TrainRecipe(epochs=baseline_epochs), None)
+    t0 = time.time()
+    baseline = get_baseline(spec, data, device=device).model
+    baseline_s = time.time() - t0
+    space = generate_space(baseline, model, SHAPE, alignment=profile.alignment)
+    notes: list[str] = []
+    cost_model = prepare_cost_model(profile, space, on_note=notes.append)
+    return data, baseline, baseline_s, space, cost_model, notes
+
+
+def time_passes(items, dense_item, passes: int, repeats: int) -> list[tuple[list[dict], dict]]:
+    """``passes`` timings of every item, one pass after the other, each item right after the dense model (3
+    rounds of ``repeats`` runs): device_runner.time_ort_paired's (per-item stats, dense stats) per pass."""
+    from autoprune.hardware import device_runner
+
+    return [device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=repeats, rounds=3)
+            for _ in range(passes)]
+
+
 def save_runs(path, runs) -> None:
     import json
 
@@ -176,30 +210,19 @@ def main() -> None:
     import optuna
     import torch
 
-    from autoprune.baseline import BaselineSpec, get_baseline
-    from autoprune.data import load_data
-    from autoprune.hardware import device_runner, load_profile, prepare_cost_model
     from autoprune.hardware.profiling import plan_items
     from autoprune.plan import PruningPlan
-    from autoprune.pruning import generate_space
     from autoprune.pruning.engine import prune
     from autoprune.report.export import ExportSettings, finetune_epochs
     from autoprune.search.evaluator import Evaluator, EvaluatorSettings
     from autoprune.search.pareto import hypervolume
     from autoprune.search.strategies import SpaceCosts
-    from autoprune.training import TrainRecipe, evaluate, recalibrate_bn
+    from autoprune.training import evaluate, recalibrate_bn
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shape = (1, 3, 32, 32)
-    profile = load_profile("cpu")
-    data = load_data(args.data, shape[2:], 0)
-    spec = BaselineSpec(args.model, args.data, shape, data.num_classes, 0, TrainRecipe(epochs=args.baseline_epochs), None)
-    t0 = time.time()
-    baseline = get_baseline(spec, data, device=args.device).model
-    baseline_s = time.time() - t0
-    space = generate_space(baseline, args.model, shape, alignment=profile.alignment)
-    notes: list[str] = []
-    cost_model = prepare_cost_model(profile, space, on_note=notes.append)
+    shape = SHAPE
+    data, baseline, baseline_s, space, cost_model, notes = prepare_target(args.model, args.data,
+                                                                         args.baseline_epochs, args.device)
     costs = SpaceCosts(space, cost_model)
     macs_model = MacsCost(cost_model, space)
     macs_costs = SpaceCosts(space, macs_model)
@@ -254,8 +277,7 @@ def main() -> None:
     dense_item, *items = plan_items(space, [dense_plan, *[to_measure[k] for k in keys]])
     # --passes N: every candidate timed in N passes, one after the other, and its ratio the median over them (a
     # plan's ratio moves 1-4 % between passes here: bench/latency_vs_macs.py --repeat-passes)
-    passes = [device_runner.time_ort_paired(items, dense_item, 1, warmup=5, repeats=args.repeats, rounds=3)
-              for _ in range(args.passes)]
+    passes = time_passes(items, dense_item, args.passes, args.repeats)
     measured = {k: {"ratio": statistics.median(p[0][i]["ratio"] for p in passes),
                     "pass_ratios": [round(p[0][i]["ratio"], 4) for p in passes]} for i, k in enumerate(keys)}
     reference = {"median_ms": statistics.median(p[1]["median_ms"] for p in passes)}
@@ -287,17 +309,17 @@ def main() -> None:
     for (method, seed, b), c in picks.items():
         if c is None or final_key(c, seed) in final:
             continue
-        fseed = final_key(c, seed)[1]
+        key = final_key(c, seed)
+        fseed = key[1]
         # prune() works in place: each pick starts from its own copy of the dense baseline.
         pruned = prune(copy.deepcopy(baseline), c["plan"], torch.zeros(shape), seed=0)
         train = data.loader("train", export.batch_size, fseed)
         recalibrate_bn(pruned.model, train, export.bn_recalibration_batches)
         steps, _ = finetune_epochs(pruned.model, train, export, fseed, pruned.masks,
                                    teacher=baseline if args.final_distill else None, device=args.device)
-        final[final_key(c, seed)] = {"test_accuracy": evaluate(pruned.model, test, data.num_classes).accuracy,
-                                     "steps": steps}
-        print(f"final {method} seed {seed} @{b} (fine-tune seed {fseed}): test "
-              f"{final[final_key(c, seed)]['test_accuracy']:.4f}", flush=True)
+        final[key] = {"test_accuracy": evaluate(pruned.model, test, data.num_classes).accuracy, "steps": steps}
+        print(f"final {method} seed {seed} @{b} (fine-tune seed {fseed}): test {final[key]['test_accuracy']:.4f}",
+              flush=True)
     final_s = time.time() - t2
 
     # Scores.
@@ -367,7 +389,8 @@ def main() -> None:
                 "fastest_within_1pt": max(((s, a, m, sd) for a, s, m, sd in cands if (dense_test - a) * 100 <= 1.0),
                                           default=None)}
     summary = load.summary()
-    out = {"environment": env, "args": vars(args), "model": args.model, "data": args.data, "target": profile.name,
+    out = {"environment": env, "args": vars(args), "model": args.model, "data": args.data,
+           "target": cost_model.profile.name,
            "cost_model_notes": notes, "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test,
                                                 "predicted_ms": dense_ms, "measured_ms": reference["median_ms"]},
            "latency_provenance": "predicted: the host profile prepared on this machine; measured: onnxruntime 1 "
